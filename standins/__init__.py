@@ -1,0 +1,1 @@
+"""Local HTTPS stand-ins for the Azure services kvlink talks to."""
