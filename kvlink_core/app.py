@@ -1,0 +1,48 @@
+"""Entry points for the triggers and the CLI, over one engine per process."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from .sync import Engine, EventResult
+
+
+def build_engine(settings: Settings) -> Engine:
+    """Wire the engine to real endpoints (Azure, or stand-ins when the settings say so)."""
+    from .credentials import get_credential
+    from .devops import DevOps
+    from .keyvault import KeyVault
+    from .registry import Registry
+    from .sync import Engine
+
+    credential = get_credential(settings)
+    return Engine(
+        settings,
+        keyvault=KeyVault(settings, credential),
+        devops=DevOps(settings, None if settings.devops_pat else credential),
+        registry=Registry(settings, credential),
+    )
+
+
+@functools.cache
+def get_engine() -> Engine:
+    """The process's engine, built on first use from the environment's settings."""
+    return build_engine(get_settings())
+
+
+def reset() -> None:
+    """Forget the cached settings and engine (tests, and the CLI after changing settings)."""
+    if get_engine.cache_info().currsize:
+        get_engine().close()
+    get_engine.cache_clear()
+    get_settings.cache_clear()
+
+
+def handle_event_grid(envelope: Mapping[str, Any]) -> EventResult:
+    """One Event Grid delivery, in either schema (see :meth:`Engine.handle_event`)."""
+    return get_engine().handle_event(envelope)

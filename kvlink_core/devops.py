@@ -1,0 +1,389 @@
+"""Azure DevOps REST for variable groups, projects and service connections, over ``httpx``.
+
+Raw REST on purpose: the ``azure-devops`` SDK's models drop the Key Vault fields
+(``providerData.vault``, ``enabled``, ``contentType``, ``expires``). The group ``PUT``
+replaces the whole group and has no ETag, so :meth:`DevOps.update_group` always
+sends back every field it read; callers serialise writers with a lease.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+import stamina
+
+from .credentials import DEVOPS_SCOPE
+from .errors import TransientError, UpstreamError
+from .tls import ssl_context
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AccessToken, TokenCredential
+
+    from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+API_VERSION = "7.1"
+KEY_VAULT_TYPE = "AzureKeyVault"
+_RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+# The fields of VariableGroupParameters, the body of POST and PUT.
+_PARAMETER_FIELDS = (
+    "name",
+    "description",
+    "type",
+    "providerData",
+    "variables",
+    "variableGroupProjectReferences",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VariableGroup:
+    """A variable group exactly as Azure DevOps returned it, with typed accessors."""
+
+    raw: Mapping[str, Any]
+
+    @property
+    def id(self) -> int:
+        return int(self.raw["id"])
+
+    @property
+    def name(self) -> str:
+        return str(self.raw.get("name") or "")
+
+    @property
+    def type(self) -> str:
+        return str(self.raw.get("type") or "")
+
+    @property
+    def is_key_vault(self) -> bool:
+        return self.type.lower() == KEY_VAULT_TYPE.lower()
+
+    @property
+    def vault(self) -> str | None:
+        data = self.raw.get("providerData") or {}
+        vault = data.get("vault") if isinstance(data, Mapping) else None
+        return str(vault) if vault else None
+
+    @property
+    def service_endpoint_id(self) -> str | None:
+        data = self.raw.get("providerData") or {}
+        endpoint = data.get("serviceEndpointId") if isinstance(data, Mapping) else None
+        return str(endpoint) if endpoint else None
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        return dict(self.raw.get("variables") or {})
+
+    @property
+    def projects(self) -> list[dict[str, str]]:
+        """The ``projectReference`` of every project the group is shared with."""
+        refs = self.raw.get("variableGroupProjectReferences") or []
+        return [
+            dict(r["projectReference"]) for r in refs if isinstance(r, Mapping) and r.get("projectReference")
+        ]
+
+    def parameters(self, variables: Mapping[str, Any]) -> dict[str, Any]:
+        """The PUT body: everything as read, with new variables. Fields kvlink does not own stay."""
+        body = {k: self.raw[k] for k in _PARAMETER_FIELDS if k in self.raw}
+        body["variables"] = dict(variables)
+        return body
+
+
+class _RetryableStatusError(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+        self.retry_after = _retry_after(response)
+
+
+class _Auth(httpx.Auth):
+    """A PAT as Basic auth, or an Entra token for Azure DevOps, refreshed before it expires."""
+
+    def __init__(self, pat: str | None, credential: TokenCredential | None) -> None:
+        self._pat = pat
+        self._credential = credential
+        self._token: AccessToken | None = None
+        self._lock = threading.Lock()
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header()
+        yield request
+
+    def _header(self) -> str:
+        if self._pat:
+            return "Basic " + base64.b64encode(f":{self._pat}".encode()).decode()
+        assert self._credential is not None
+        with self._lock:
+            if self._token is None or self._token.expires_on - 300 < time.time():
+                self._token = self._credential.get_token(DEVOPS_SCOPE)
+            return f"Bearer {self._token.token}"
+
+
+class DevOps:
+    """A small Azure DevOps client: only the calls kvlink needs, each retried with care."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        credential: TokenCredential | None,
+        *,
+        attempts: int = 6,
+        retry_timeout: float = 40.0,
+        wait_initial: float = 0.5,
+        wait_max: float = 10.0,
+        max_retry_after: float = 30.0,
+        timeout: float = 20.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self._attempts = attempts
+        self._retry_timeout = retry_timeout
+        self._wait_initial = wait_initial
+        self._wait_max = wait_max
+        self._max_retry_after = max_retry_after
+        self._pause_until = 0.0
+        self._http = httpx.Client(
+            auth=_Auth(settings.devops_pat, credential),
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            verify=ssl_context(settings.ca_bundle),
+            headers={"Accept": "application/json", "User-Agent": "kvlink"},
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            follow_redirects=False,  # a redirect means a sign-in page, never data
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- variable groups -------------------------------------------------------------
+    def get_group(self, organization: str, project: str, group_id: int) -> VariableGroup | None:
+        """One group, read through a project it is shared with; None when it is not there."""
+        url = (
+            f"{self._project_url(organization, project)}/_apis/distributedtask/variablegroups/{int(group_id)}"
+        )
+        body = self._request("GET", url, organization=organization, missing_ok=True)
+        if not body:  # Azure DevOps answers a group the project cannot see with 200 and `null`
+            return None
+        return VariableGroup(body)
+
+    def list_groups(
+        self, organization: str, project: str, *, name: str | None = None, page_size: int = 100
+    ) -> Iterator[VariableGroup]:
+        """Every group of a project, page by page (ids ascending)."""
+        url = f"{self._project_url(organization, project)}/_apis/distributedtask/variablegroups"
+        params: dict[str, Any] = {"queryOrder": "IdAscending", "$top": page_size}
+        if name:
+            params["groupName"] = name
+        token: str | None = None
+        while True:
+            if token:
+                params["continuationToken"] = token
+            response = self._send("GET", url, organization=organization, params=params, missing_ok=False)
+            assert response is not None
+            values = _json(response, organization).get("value") or []
+            yield from (VariableGroup(v) for v in values)
+            token = response.headers.get("x-ms-continuationtoken")
+            if not token or not values:
+                return
+
+    def update_group(
+        self, organization: str, group: VariableGroup, variables: Mapping[str, Any]
+    ) -> VariableGroup:
+        """Replace the group's variables; every other field is sent back as it was read."""
+        url = f"{self._org_url(organization)}/_apis/distributedtask/variablegroups/{group.id}"
+        body = self._request("PUT", url, organization=organization, json=group.parameters(variables))
+        return VariableGroup(body or {})
+
+    def create_group(self, organization: str, parameters: Mapping[str, Any]) -> VariableGroup:
+        url = f"{self._org_url(organization)}/_apis/distributedtask/variablegroups"
+        # A retried POST could create the group twice, so only retry what never reached the service.
+        body = self._request("POST", url, organization=organization, json=dict(parameters), idempotent=False)
+        return VariableGroup(body or {})
+
+    # -- projects and service connections ------------------------------------------------
+    def get_project(self, organization: str, project: str) -> dict[str, Any] | None:
+        url = f"{self._org_url(organization)}/_apis/projects/{quote(project, safe='')}"
+        return self._request("GET", url, organization=organization, missing_ok=True)
+
+    def find_service_endpoint(self, organization: str, project: str, name: str) -> dict[str, Any] | None:
+        url = f"{self._project_url(organization, project)}/_apis/serviceendpoint/endpoints"
+        body = self._request("GET", url, organization=organization, params={"endpointNames": name})
+        matches = [
+            e for e in (body or {}).get("value") or [] if str(e.get("name", "")).lower() == name.lower()
+        ]
+        return matches[0] if matches else None
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _org_url(self, organization: str) -> str:
+        return self._settings.org_url(quote(organization, safe=""))
+
+    def _project_url(self, organization: str, project: str) -> str:
+        return f"{self._org_url(organization)}/{quote(project, safe='')}"
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        organization: str,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        idempotent: bool = True,
+        missing_ok: bool = False,
+    ) -> dict[str, Any] | None:
+        response = self._send(
+            method,
+            url,
+            organization=organization,
+            params=params,
+            json=json,
+            idempotent=idempotent,
+            missing_ok=missing_ok,
+        )
+        if response is None or not response.content:
+            return None
+        return _json(response, organization, allow_null=True)
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        organization: str,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        idempotent: bool = True,
+        missing_ok: bool = False,
+    ) -> httpx.Response | None:
+        query = {**(params or {}), "api-version": API_VERSION}
+        try:
+            for attempt in stamina.retry_context(
+                on=self._backoff_hook(idempotent),
+                attempts=self._attempts,
+                timeout=self._retry_timeout,
+                wait_initial=self._wait_initial,
+                wait_max=self._wait_max,
+            ):
+                with attempt:
+                    self._respect_pause()
+                    response = self._http.request(method, url, params=query, json=json)
+                    if response.status_code in _RETRYABLE:
+                        raise _RetryableStatusError(response)  # noqa: TRY301 -- stamina retries on it
+        except _RetryableStatusError as err:
+            raise TransientError(
+                f"Azure DevOps ({organization}) answered HTTP {err.response.status_code} to {method}; "
+                "giving up for now",
+                retry_after=err.retry_after,
+            ) from err
+        except httpx.TransportError as err:
+            raise TransientError(
+                f"could not reach Azure DevOps ({organization}): {type(err).__name__}"
+            ) from err
+        self._note_retry_after(response)
+        return self._check(response, method, organization, missing_ok=missing_ok)
+
+    def _backoff_hook(self, idempotent: bool) -> Any:
+        def hook(exc: Exception) -> bool | float:
+            if isinstance(exc, _RetryableStatusError):
+                if exc.retry_after is None:
+                    return True
+                # A long Retry-After is the caller's to honour (Event Grid redelivers later).
+                return exc.retry_after if exc.retry_after <= self._max_retry_after else False
+            if isinstance(exc, httpx.TransportError):
+                # A non-idempotent request is only retried when it surely never left.
+                return idempotent or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+            return False
+
+        return hook
+
+    def _respect_pause(self) -> None:
+        delay = self._pause_until - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def _note_retry_after(self, response: httpx.Response) -> None:
+        # Azure DevOps may send Retry-After on a 200 when it starts delaying an identity.
+        retry_after = _retry_after(response)
+        if retry_after:
+            self._pause_until = max(
+                self._pause_until, time.monotonic() + min(retry_after, self._max_retry_after)
+            )
+
+    def _check(
+        self, response: httpx.Response, method: str, organization: str, *, missing_ok: bool
+    ) -> httpx.Response | None:
+        status = response.status_code
+        if status == 404 and missing_ok:
+            return None
+        if status in (200, 201, 204):
+            return response
+        if status in (203, 302, 401):
+            raise UpstreamError(
+                "devops",
+                status,
+                f"Azure DevOps ({organization}) did not accept kvlink's credentials (HTTP {status}): check "
+                "AZURE_DEVOPS_PAT, or that kvlink's managed identity is a user of the organization",
+            )
+        message = _error_message(response)
+        if status == 403:
+            raise UpstreamError(
+                "devops",
+                status,
+                f"Azure DevOps ({organization}) refused {method}: {message} -- kvlink's identity needs the "
+                "Administrator role on the project's Library (or on the variable group)",
+            )
+        raise UpstreamError(
+            "devops", status, f"Azure DevOps ({organization}) answered HTTP {status}: {message}"
+        )
+
+
+def _json(response: httpx.Response, organization: str, *, allow_null: bool = False) -> dict[str, Any]:
+    if "json" not in response.headers.get("content-type", ""):
+        # Azure DevOps serves an HTML sign-in page (status 200 or 203) when auth is wrong.
+        raise UpstreamError(
+            "devops",
+            response.status_code,
+            f"Azure DevOps ({organization}) answered with a sign-in page, not JSON",
+        )
+    try:
+        body = response.json()
+    except ValueError as err:
+        raise UpstreamError(
+            "devops", response.status_code, f"Azure DevOps ({organization}) sent invalid JSON"
+        ) from err
+    if body is None and allow_null:
+        return {}
+    if not isinstance(body, dict):
+        raise UpstreamError(
+            "devops", response.status_code, f"Azure DevOps ({organization}) sent an unexpected body"
+        )
+    return body
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase or "no details"
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])[:500]
+    return response.reason_phrase or "no details"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare from Azure DevOps; fall back to backoff

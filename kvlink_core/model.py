@@ -1,0 +1,96 @@
+"""The values kvlink reasons about: secrets as listed, link policies, links."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+Mode = Literal["merge", "mirror"]
+LinkKind = Literal["linked", "discovered"]
+
+
+@dataclass(frozen=True, slots=True)
+class SecretState:
+    """What Key Vault says about a secret's current version -- never its value."""
+
+    name: str
+    exists: bool = True
+    enabled: bool = True
+    content_type: str | None = None
+    expires: datetime | None = None
+    not_before: datetime | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    managed: bool = False  # backs a certificate; Azure DevOps cannot map those
+
+    @classmethod
+    def missing(cls, name: str) -> SecretState:
+        """A secret that is deleted, purged or was never there."""
+        return cls(name=name, exists=False, enabled=False)
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()  # Key Vault names are case-insensitive
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires is not None and self.expires <= now
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Which secrets a linked group should map, and how hand-made entries are treated."""
+
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str | None], ...] = ()  # (key, value); None = any value
+    keep_expired: bool = True
+    mode: Mode = "merge"
+
+    def matches(self, secret: SecretState) -> bool:
+        """Name patterns and required tags; case-insensitive like Key Vault itself."""
+        name = secret.name.lower()
+        if not any(fnmatch.fnmatchcase(name, p.lower()) for p in self.include):
+            return False
+        if any(fnmatch.fnmatchcase(name, p.lower()) for p in self.exclude):
+            return False
+        tags = {k.lower(): v for k, v in secret.tags.items()}
+        for key, value in self.tags:
+            actual = tags.get(key.lower())
+            if actual is None or (value is not None and actual != value):
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class GroupKey:
+    """A variable group's identity: ids are unique per organization."""
+
+    organization: str
+    group_id: int
+
+    def __str__(self) -> str:
+        return f"{self.organization}/{self.group_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One variable group kept in step with one vault."""
+
+    organization: str
+    project: str
+    group_id: int
+    group_name: str
+    vault: str
+    policy: Policy = Policy()
+    kind: LinkKind = "linked"
+
+    @property
+    def key(self) -> GroupKey:
+        return GroupKey(self.organization.lower(), self.group_id)
+
+    @property
+    def prune_only(self) -> bool:
+        """Discovered groups were never linked: only names that break pipelines are removed."""
+        return self.kind == "discovered"

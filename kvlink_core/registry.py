@@ -1,0 +1,430 @@
+"""kvlink's own state in Azure Table storage: links, per-group leases, pending work.
+
+* **links** -- partition = vault, so an event finds every affected group in one query.
+* **leases** -- one entity per group; whoever creates it (or takes over an expired one
+  with an ETag match) may write the group. Releasing is a delete that only succeeds if
+  the ETag is unchanged, which is how a holder learns that someone queued work meanwhile.
+* **pending** -- append-only observations of secrets, queued for a group whose lease
+  is busy; the holder folds them into its next write, so a burst of events costs a few
+  group writes instead of one read-modify-write each.
+
+This is the only module that imports ``azure.data.tables``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from .errors import TransientError
+from .model import GroupKey, Link, Policy, SecretState
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.data.tables import TableClient, TableServiceClient
+
+    from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LINKS_TABLE = "kvlinklinks"
+LEASES_TABLE = "kvlinkleases"
+PENDING_TABLE = "kvlinkpending"
+_BATCH = 100  # entities per Table transaction
+
+
+class LeaseLostError(TransientError):
+    """The lease expired and another instance took the group over."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    key: GroupKey
+    owner: str
+    etag: str
+    renewed: float  # time.monotonic() of the last successful write of the lease
+    took_over: bool = False  # the previous holder died; its queued work may be waiting
+    poked: bool = False  # somebody queued work since the holder last looked
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A secret's state as read from Key Vault at ``at`` (ns since 1970)."""
+
+    state: SecretState
+    at: int = field(default_factory=time.time_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    row_key: str
+    observation: Observation
+
+
+class Registry:
+    def __init__(
+        self,
+        settings: Settings,
+        credential: TokenCredential | None = None,
+        *,
+        lease_seconds: float = 60.0,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._credential = credential
+        self.lease_seconds = lease_seconds
+        # e.g. raw_request_hook, so tests and benchmarks can count Table calls
+        self._client_options = dict(client_options or {})
+        self._service: TableServiceClient | None = None
+        self._tables: dict[str, TableClient] = {}
+        self._lock = threading.Lock()
+
+    # -- links ---------------------------------------------------------------------
+    def links_for_vault(self, vault: str) -> list[Link]:
+        """Every link to one vault: a single partition query."""
+        table = self._table(LINKS_TABLE)
+        with _storage("read links"):
+            entities = table.query_entities("PartitionKey eq @pk", parameters={"pk": vault.lower()})
+            return [_link_from(e) for e in entities]
+
+    def list_links(self, *, vault: str | None = None, organization: str | None = None) -> list[Link]:
+        if vault:
+            links = self.links_for_vault(vault)
+        else:
+            table = self._table(LINKS_TABLE)
+            with _storage("read links"):
+                links = [_link_from(e) for e in table.list_entities()]
+        if organization:
+            links = [link for link in links if link.organization.lower() == organization.lower()]
+        return sorted(links, key=lambda link: (link.organization.lower(), link.vault, link.group_id))
+
+    def find_link(self, key: GroupKey) -> Link | None:
+        table = self._table(LINKS_TABLE)
+        with _storage("read links"):
+            found = list(table.query_entities("RowKey eq @rk", parameters={"rk": _group_row(key)}))
+        return _link_from(found[0]) if found else None
+
+    def save_link(self, link: Link) -> None:
+        """Create or replace a link; a group links to one vault, so an older link moves."""
+        from azure.data.tables import UpdateMode
+
+        table = self._table(LINKS_TABLE)
+        previous = self.find_link(link.key)
+        with _storage("save link"):
+            table.upsert_entity(_link_entity(link), mode=UpdateMode.REPLACE)
+            if previous is not None and previous.vault != link.vault.lower():
+                table.delete_entity(previous.vault, _group_row(link.key))
+
+    def delete_link(self, key: GroupKey) -> bool:
+        link = self.find_link(key)
+        if link is None:
+            return False
+        table = self._table(LINKS_TABLE)
+        with _storage("delete link"):
+            table.delete_entity(link.vault, _group_row(key))
+        return True
+
+    # -- leases --------------------------------------------------------------------
+    def try_acquire(self, key: GroupKey) -> Lease | None:
+        """The group's lease, or None while someone else holds it."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        table = self._table(LEASES_TABLE)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        for _ in range(3):
+            try:
+                with _storage("take lease"):
+                    meta = table.create_entity(self._lease_entity(key, owner, poke=""))
+                return Lease(key, owner, meta["etag"], time.monotonic())
+            except ResourceExistsError:
+                pass
+            try:
+                with _storage("read lease"):
+                    current = table.get_entity(key.organization, str(key.group_id))
+            except ResourceNotFoundError:
+                continue  # released in between: try to create it again
+            if _as_utc(current["ExpiresAt"]) > datetime.now(UTC):
+                return None
+            try:
+                with _storage("take over lease"):
+                    meta = table.update_entity(
+                        self._lease_entity(key, owner, poke=current.get("PokeId", "")),
+                        mode=UpdateMode.REPLACE,
+                        etag=current.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+            except (ResourceModifiedError, ResourceNotFoundError):
+                return None
+            logger.warning("Took over the expired lease on group %s from %s", key, current.get("Owner"))
+            return Lease(key, owner, meta["etag"], time.monotonic(), took_over=True)
+        return None
+
+    def refresh(self, lease: Lease) -> Lease:
+        """Extend the lease; the result says whether work was queued since the last look."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        table = self._table(LEASES_TABLE)
+        poked = lease.poked
+        etag = lease.etag
+        for _ in range(5):
+            try:
+                with _storage("renew lease"):
+                    meta = table.update_entity(
+                        self._lease_entity(lease.key, lease.owner, poke=""),
+                        mode=UpdateMode.REPLACE,
+                        etag=etag,
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                return replace(lease, etag=meta["etag"], renewed=time.monotonic(), poked=poked)
+            except ResourceModifiedError:
+                pass  # a poke (or a takeover): look at who holds it now
+            except ResourceNotFoundError as err:
+                raise LeaseLostError(f"the lease on group {lease.key} vanished") from err
+            try:
+                with _storage("read lease"):
+                    current = table.get_entity(lease.key.organization, str(lease.key.group_id))
+            except ResourceNotFoundError as err:
+                raise LeaseLostError(f"the lease on group {lease.key} vanished") from err
+            if current.get("Owner") != lease.owner:
+                raise LeaseLostError(f"the lease on group {lease.key} expired and was taken over")
+            poked = poked or bool(current.get("PokeId"))
+            etag = str(current.metadata["etag"])
+        raise LeaseLostError(f"could not renew the lease on group {lease.key}")
+
+    def release(self, lease: Lease) -> bool:
+        """Give the lease up. False when work was queued meanwhile: the holder must look again."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        table = self._table(LEASES_TABLE)
+        try:
+            with _storage("release lease"):
+                table.delete_entity(
+                    lease.key.organization,
+                    str(lease.key.group_id),
+                    etag=lease.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except ResourceModifiedError:
+            return False
+        except ResourceNotFoundError:
+            pass
+        return True
+
+    def release_quietly(self, lease: Lease) -> None:
+        """Best effort on the way out of a failure; the lease expires anyway."""
+        try:
+            if not self.release(lease):
+                fresh = self.refresh(lease)
+                self.release(fresh)
+        except Exception:  # noqa: BLE001 -- never mask the failure that brought us here
+            logger.warning("Could not release the lease on group %s; it expires by itself", lease.key)
+
+    def poke(self, key: GroupKey) -> bool:
+        """Tell the current holder that work is queued. False when nobody holds the lease."""
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        table = self._table(LEASES_TABLE)
+        entity = {"PartitionKey": key.organization, "RowKey": str(key.group_id), "PokeId": uuid.uuid4().hex}
+        try:
+            with _storage("poke lease"):
+                table.update_entity(entity, mode=UpdateMode.MERGE)  # If-Match: * -- 404 when absent
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def _lease_entity(self, key: GroupKey, owner: str, *, poke: str) -> dict[str, Any]:
+        return {
+            "PartitionKey": key.organization,
+            "RowKey": str(key.group_id),
+            "Owner": owner,
+            "ExpiresAt": datetime.now(UTC) + timedelta(seconds=self.lease_seconds),
+            "PokeId": poke,
+        }
+
+    # -- pending work ----------------------------------------------------------------
+    def add_pending(self, key: GroupKey, observations: Iterable[Observation]) -> list[str]:
+        """Queue observations for the group's lease holder; returns their row keys."""
+        rows = [_pending_entity(key, o) for o in observations]
+        table = self._table(PENDING_TABLE)
+        with _storage("queue work"):
+            for start in range(0, len(rows), _BATCH):
+                table.submit_transaction([("create", e) for e in rows[start : start + _BATCH]])
+        return [r["RowKey"] for r in rows]
+
+    def pending(self, key: GroupKey) -> list[PendingRow]:
+        table = self._table(PENDING_TABLE)
+        with _storage("read queued work"):
+            entities = list(table.query_entities("PartitionKey eq @pk", parameters={"pk": _group_row(key)}))
+        return [PendingRow(e["RowKey"], _observation_from(e)) for e in entities]
+
+    def remove_pending(self, key: GroupKey, rows: Iterable[PendingRow]) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.data.tables import TableTransactionError
+
+        table = self._table(PENDING_TABLE)
+        keys = [r.row_key for r in rows]
+        pk = _group_row(key)
+        for start in range(0, len(keys), _BATCH):
+            chunk = keys[start : start + _BATCH]
+            try:
+                with _storage("clear queued work"):
+                    table.submit_transaction([("delete", {"PartitionKey": pk, "RowKey": rk}) for rk in chunk])
+            except TableTransactionError:
+                for rk in chunk:  # one row was already gone: delete the rest one by one
+                    with _storage("clear queued work"), contextlib.suppress(ResourceNotFoundError):
+                        table.delete_entity(pk, rk)
+
+    def has_pending(self, key: GroupKey, row_keys: Iterable[str]) -> bool:
+        wanted = set(row_keys)
+        return any(row.row_key in wanted for row in self.pending(key))
+
+    # -- plumbing --------------------------------------------------------------------
+    def _table(self, name: str) -> TableClient:
+        with self._lock:
+            table = self._tables.get(name)
+            if table is None:
+                service = self._service_client()
+                with _storage("open table"):
+                    table = service.create_table_if_not_exists(name)
+                self._tables[name] = table
+            return table
+
+    def _service_client(self) -> TableServiceClient:
+        if self._service is None:
+            from azure.data.tables import TableServiceClient
+
+            storage = self._settings.storage
+            options: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.4, **self._client_options}
+            if storage.connection_string:
+                self._service = TableServiceClient.from_connection_string(
+                    storage.connection_string, **options
+                )
+            else:
+                assert storage.table_endpoint is not None
+                assert self._credential is not None
+                self._service = TableServiceClient(
+                    storage.table_endpoint, credential=self._credential, **options
+                )
+        return self._service
+
+    def close(self) -> None:
+        with self._lock:
+            for table in self._tables.values():
+                table.close()
+            self._tables.clear()
+            if self._service is not None:
+                self._service.close()
+                self._service = None
+
+
+@contextlib.contextmanager
+def _storage(action: str) -> Iterator[None]:
+    """Table storage being unreachable or throttled is transient; everything else propagates."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    try:
+        yield
+    except (ServiceRequestError, ServiceResponseError) as err:
+        raise TransientError(f"Table storage unavailable ({action}): {type(err).__name__}") from err
+    except HttpResponseError as err:
+        status = getattr(err, "status_code", None)
+        if status is not None and (status in (408, 429) or status >= 500):
+            raise TransientError(f"Table storage answered HTTP {status} ({action})") from err
+        raise
+
+
+def _group_row(key: GroupKey) -> str:
+    return f"{key.organization}|{key.group_id}"
+
+
+def _link_entity(link: Link) -> dict[str, Any]:
+    policy = link.policy
+    return {
+        "PartitionKey": link.vault.lower(),
+        "RowKey": _group_row(link.key),
+        "Organization": link.organization,
+        "Project": link.project,
+        "GroupId": link.group_id,
+        "GroupName": link.group_name,
+        "Vault": link.vault.lower(),
+        "Include": json.dumps(list(policy.include)),
+        "Exclude": json.dumps(list(policy.exclude)),
+        "Tags": json.dumps(dict(policy.tags)),
+        "KeepExpired": policy.keep_expired,
+        "Mode": policy.mode,
+        "Kind": link.kind,
+        "UpdatedAt": datetime.now(UTC),
+    }
+
+
+def _link_from(entity: Mapping[str, Any]) -> Link:
+    policy = Policy(
+        include=tuple(json.loads(entity.get("Include") or '["*"]')),
+        exclude=tuple(json.loads(entity.get("Exclude") or "[]")),
+        tags=tuple(sorted(json.loads(entity.get("Tags") or "{}").items())),
+        keep_expired=bool(entity.get("KeepExpired", True)),
+        mode="mirror" if entity.get("Mode") == "mirror" else "merge",
+    )
+    return Link(
+        organization=str(entity["Organization"]),
+        project=str(entity["Project"]),
+        group_id=int(entity["GroupId"]),
+        group_name=str(entity.get("GroupName") or ""),
+        vault=str(entity["Vault"]),
+        policy=policy,
+        kind="discovered" if entity.get("Kind") == "discovered" else "linked",
+    )
+
+
+def _pending_entity(key: GroupKey, observation: Observation) -> dict[str, Any]:
+    state = observation.state
+    # Row keys sort by secret, then by observation time; the random tail keeps them unique.
+    row = f"{state.key}|{observation.at:020d}|{uuid.uuid4().hex[:8]}"
+    return {
+        "PartitionKey": _group_row(key),
+        "RowKey": row,
+        "Name": state.name,
+        "Exists": state.exists,
+        "Enabled": state.enabled,
+        "ContentType": state.content_type or "",
+        "Expires": state.expires.isoformat() if state.expires else "",
+        "Tags": json.dumps(dict(state.tags)),
+        "Managed": state.managed,
+        "ObservedAt": str(observation.at),
+    }
+
+
+def _observation_from(entity: Mapping[str, Any]) -> Observation:
+    expires = entity.get("Expires") or ""
+    state = SecretState(
+        name=str(entity["Name"]),
+        exists=bool(entity.get("Exists")),
+        enabled=bool(entity.get("Enabled")),
+        content_type=entity.get("ContentType") or None,
+        expires=datetime.fromisoformat(expires) if expires else None,
+        tags=json.loads(entity.get("Tags") or "{}"),
+        managed=bool(entity.get("Managed")),
+    )
+    return Observation(state, int(entity.get("ObservedAt") or 0))
+
+
+def _as_utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value))

@@ -1,0 +1,188 @@
+"""kvlink's settings: read once from the environment into an immutable value.
+
+Every setting has one name everywhere -- the code, the README table,
+``local.settings.example.json`` and the Bicep app settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+from .names import check_organization, check_vault
+
+DEFAULT_DEVOPS_URL = "https://dev.azure.com"
+DEFAULT_VAULT_URL = "https://{vault}.vault.azure.net"
+DEVELOPMENT_STORAGE = "UseDevelopmentStorage=true"
+
+Mode = Literal["apply", "report"]
+
+
+@dataclass(frozen=True, slots=True)
+class StorageTarget:
+    """Where the registry lives: a connection string, or an endpoint reached with an identity."""
+
+    connection_string: str | None = None
+    table_endpoint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    devops_orgs: tuple[str, ...]
+    allowed_vaults: frozenset[str] | None  # None means "*": any vault
+    devops_pat: str | None = None
+    azure_client_id: str | None = None
+    storage: StorageTarget = StorageTarget(connection_string=DEVELOPMENT_STORAGE)
+    mode: Mode = "apply"
+    devops_url: str = DEFAULT_DEVOPS_URL
+    vault_url_template: str = DEFAULT_VAULT_URL
+    ca_bundle: str | None = None
+    emulator: bool = False
+    max_removal_fraction: float = 0.5
+    running_in_azure: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse and check every setting; report all problems in one :class:`ConfigError`."""
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value is not None and value.strip() else None
+
+        orgs = _split(get("KVLINK_DEVOPS_ORGS"))
+        if not orgs:
+            problems.append("KVLINK_DEVOPS_ORGS is required: the Azure DevOps organizations kvlink may touch")
+        problems += [f"KVLINK_DEVOPS_ORGS: {p}" for p in map(check_organization, orgs) if p]
+
+        vaults_raw = _split(get("KVLINK_ALLOWED_VAULTS"))
+        allowed: frozenset[str] | None = None
+        if not vaults_raw:
+            problems.append("KVLINK_ALLOWED_VAULTS is required: vault names, or * for any vault")
+        elif vaults_raw == ["*"]:
+            allowed = None
+        else:
+            problems += [f"KVLINK_ALLOWED_VAULTS: {p}" for p in map(check_vault, vaults_raw) if p]
+            allowed = frozenset(v.lower() for v in vaults_raw)
+
+        mode = (get("KVLINK_MODE") or "apply").lower()
+        if mode not in ("apply", "report"):
+            problems.append(f"KVLINK_MODE must be 'apply' or 'report', not {mode!r}")
+
+        running_in_azure = get("WEBSITE_INSTANCE_ID") is not None
+        emulator = _flag(get("KVLINK_EMULATOR"), "KVLINK_EMULATOR", problems)
+        if emulator and running_in_azure:
+            problems.append(
+                "KVLINK_EMULATOR=1 is refused when running in Azure (WEBSITE_INSTANCE_ID is set): "
+                "it disables token checks meant only for local stand-ins"
+            )
+
+        devops_url = (get("KVLINK_DEVOPS_URL") or DEFAULT_DEVOPS_URL).rstrip("/")
+        problems += _check_url("KVLINK_DEVOPS_URL", devops_url, template=False)
+        vault_url = (get("KVLINK_VAULT_URL") or DEFAULT_VAULT_URL).rstrip("/")
+        problems += _check_url("KVLINK_VAULT_URL", vault_url, template=True)
+
+        ca_bundle = get("KVLINK_CA_BUNDLE")
+        if ca_bundle and not os.path.isfile(ca_bundle):
+            problems.append(f"KVLINK_CA_BUNDLE points to {ca_bundle!r}, which is not a file")
+
+        fraction = _fraction(get("KVLINK_MAX_REMOVAL_FRACTION"), problems)
+
+        storage = _storage(env, problems)
+        if problems:
+            raise ConfigError(problems)
+        return cls(
+            devops_orgs=tuple(orgs),
+            allowed_vaults=allowed,
+            devops_pat=get("AZURE_DEVOPS_PAT"),
+            azure_client_id=get("AZURE_CLIENT_ID"),
+            storage=storage,
+            mode="report" if mode == "report" else "apply",
+            devops_url=devops_url,
+            vault_url_template=vault_url,
+            ca_bundle=ca_bundle,
+            emulator=emulator,
+            max_removal_fraction=fraction,
+            running_in_azure=running_in_azure,
+        )
+
+    def vault_allowed(self, vault: str) -> bool:
+        return self.allowed_vaults is None or vault.lower() in self.allowed_vaults
+
+    def org_allowed(self, organization: str) -> bool:
+        return organization.lower() in {o.lower() for o in self.devops_orgs}
+
+    def vault_url(self, vault: str) -> str:
+        # replace(), not format(): a template is configuration, a vault name is data.
+        return self.vault_url_template.replace("{vault}", vault.lower())
+
+    def org_url(self, organization: str) -> str:
+        return f"{self.devops_url}/{organization}"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, parsed on first use (never at import time)."""
+    return Settings.from_env()
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def _flag(value: str | None, name: str, problems: list[str]) -> bool:
+    if value is None:
+        return False
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    problems.append(f"{name} must be 1 or 0, not {value!r}")
+    return False
+
+
+def _fraction(value: str | None, problems: list[str]) -> float:
+    if value is None:
+        return 0.5
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 <= fraction <= 1.0:
+        problems.append(f"KVLINK_MAX_REMOVAL_FRACTION must be a number from 0 to 1, not {value!r}")
+        return 0.5
+    return fraction
+
+
+def _check_url(name: str, url: str, *, template: bool) -> list[str]:
+    probe = url.replace("{vault}", "vault") if template else url
+    parts = urlsplit(probe)
+    problems = []
+    if parts.scheme != "https" or not parts.hostname:
+        problems.append(f"{name} must be an https:// URL, not {url!r}")
+    if parts.query or parts.fragment:
+        problems.append(f"{name} must not carry a query or fragment: {url!r}")
+    if template and "{vault}" not in url:
+        problems.append(f"{name} must contain the placeholder {{vault}}: {url!r}")
+    return problems
+
+
+def _storage(env: Mapping[str, str], problems: list[str]) -> StorageTarget:
+    connection = (env.get("AzureWebJobsStorage") or "").strip()
+    if connection:
+        return StorageTarget(connection_string=connection)
+    endpoint = (env.get("AzureWebJobsStorage__tableServiceUri") or "").strip()
+    account = (env.get("AzureWebJobsStorage__accountName") or "").strip()
+    if endpoint:
+        if not endpoint.startswith("https://"):
+            problems.append(f"AzureWebJobsStorage__tableServiceUri must be an https:// URL, not {endpoint!r}")
+        return StorageTarget(table_endpoint=endpoint.rstrip("/"))
+    if account:
+        return StorageTarget(table_endpoint=f"https://{account}.table.core.windows.net")
+    return StorageTarget(connection_string=DEVELOPMENT_STORAGE)

@@ -1,0 +1,308 @@
+"""Keeping groups in step: the event path and the group writer every path shares.
+
+An event for secret S touches only S: read S once, find the links for its vault in
+one query, and for each group whose decision could change, write under the group's
+lease -- re-read, plan, and PUT only when something changes. When the lease is busy,
+the observation is queued for the holder, which folds every queued observation into
+its next write; a burst of events therefore costs a handful of writes per group.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import InvalidEventError, KvLinkError, LeaseBusyError, UnwantedEventError
+from .events import SecretEvent, parse_event
+from .model import Link, SecretState
+from .plan import Desired, Plan, apply_plan, desired, plan_group, removal_refusal
+from .registry import Lease, Observation
+
+if TYPE_CHECKING:
+    from .devops import DevOps
+    from .keyvault import KeyVault
+    from .registry import Registry
+    from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Status = Literal[
+    "applied", "unchanged", "planned", "refused", "queued", "group-missing", "not-key-vault", "vault-changed"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOutcome:
+    link: Link
+    status: Status
+    plan: Plan | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    status: Literal["processed", "ignored", "rejected"]
+    event: SecretEvent | None = None
+    groups: tuple[GroupOutcome, ...] = ()
+    reason: str | None = None
+
+
+@dataclass
+class _Round:
+    """What one holder round knows: observations keyed by lower-cased secret name."""
+
+    observations: dict[str, Observation] = field(default_factory=dict)
+    complete: bool = False
+
+    def merge(self, more: Iterable[Observation]) -> None:
+        for obs in more:
+            known = self.observations.get(obs.state.key)
+            if known is None or obs.at >= known.at:
+                self.observations[obs.state.key] = obs
+
+
+class Engine:
+    """The core of kvlink; every trigger and the CLI call into one of its entry points."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        keyvault: KeyVault,
+        devops: DevOps,
+        registry: Registry,
+        max_wait: float | None = None,
+        group_concurrency: int = 4,
+    ) -> None:
+        self.settings = settings
+        self.keyvault = keyvault
+        self.devops = devops
+        self.registry = registry
+        # A waiter gives up (and lets the event be redelivered) after two lease lifetimes.
+        self.max_wait = max_wait if max_wait is not None else 2 * registry.lease_seconds
+        self.group_concurrency = group_concurrency
+
+    def close(self) -> None:
+        self.keyvault.close()
+        self.devops.close()
+        self.registry.close()
+
+    # -- Event Grid ------------------------------------------------------------------
+    def handle_event(self, envelope: Mapping[str, Any]) -> EventResult:
+        """One Event Grid delivery. Unwanted or malformed events are logged and acknowledged;
+        transient failures raise so that Event Grid redelivers."""
+        try:
+            event = parse_event(envelope)
+        except UnwantedEventError as err:
+            logger.info("Ignored: %s", err)
+            return EventResult("ignored", reason=str(err))
+        except InvalidEventError as err:
+            logger.warning("Rejected malformed event: %s", err)
+            return EventResult("rejected", reason=str(err))
+        if not self.settings.vault_allowed(event.vault):
+            reason = f"event {event.event_id}: vault {event.vault!r} is not in KVLINK_ALLOWED_VAULTS"
+            logger.warning("Ignored: %s", reason)
+            return EventResult("ignored", event, reason=reason)
+        logger.info(
+            "Event %s: %s for secret %s in vault %s", event.event_id, event.kind, event.secret, event.vault
+        )
+        outcomes = self.sync_secrets(
+            event.vault,
+            [event.secret],
+            origin=f"event {event.event_id}",
+            version_hints={event.secret: event.version} if event.version else None,
+        )
+        return EventResult("processed", event, tuple(outcomes))
+
+    # -- edge-triggered: named secrets of one vault ------------------------------------
+    def sync_secrets(
+        self,
+        vault: str,
+        names: Iterable[str],
+        *,
+        origin: str,
+        version_hints: Mapping[str, str] | None = None,
+    ) -> list[GroupOutcome]:
+        """Bring every group linked to ``vault`` in step for the named secrets only."""
+        links = self.registry.links_for_vault(vault)
+        if not links:
+            logger.info("%s: no group is linked to vault %s", origin, vault)
+            return []
+        states = self.keyvault.get_secrets(vault, names, version_hints=version_hints)
+        observations = [Observation(state) for state in states.values()]
+        now = datetime.now(UTC)
+        work = [
+            link
+            for link in links
+            if any(
+                desired(s, link.policy, prune_only=link.prune_only, now=now) is not Desired.KEEP
+                for s in states.values()
+            )
+        ]
+        skipped = [GroupOutcome(link, "unchanged") for link in links if link not in work]
+        return skipped + self._for_each(work, lambda link: self.write_group(link, observations), origin)
+
+    def _for_each(self, links: list[Link], job: Any, origin: str) -> list[GroupOutcome]:
+        """Run ``job`` per group; one group's failure does not stop the others, but is re-raised."""
+        if not links:
+            return []
+        outcomes: list[GroupOutcome] = []
+        failures: list[BaseException] = []
+        with ThreadPoolExecutor(max_workers=min(self.group_concurrency, len(links))) as pool:
+            futures = [(link, pool.submit(job, link)) for link in links]
+            for link, future in futures:
+                try:
+                    outcomes.append(future.result())
+                except KvLinkError as err:
+                    logger.warning("%s: group %s (%s) failed: %s", origin, link.group_name, link.key, err)
+                    failures.append(err)
+        if failures:
+            raise failures[0]
+        return outcomes
+
+    # -- the group writer ------------------------------------------------------------
+    def write_group(
+        self,
+        link: Link,
+        observations: Iterable[Observation],
+        *,
+        complete: bool = False,
+        force: bool = False,
+        dry_run: bool = False,
+    ) -> GroupOutcome:
+        """Apply what kvlink observed to one group, under its lease, coalescing with others."""
+        first = _Round(complete=complete)
+        first.merge(observations)
+        if dry_run or self.settings.mode == "report":
+            return self._apply(link, first, force=force, write=False)
+        lease = self.registry.try_acquire(link.key)
+        if lease is not None:
+            return self._hold(link, lease, first, force=force)
+        if complete:
+            # A whole-group sync reports its own plan, so it waits for its turn.
+            return self._hold(link, self._wait_for_lease(link), first, force=force)
+        return self._hand_off(link, first)
+
+    def _hold(self, link: Link, lease: Lease, first: _Round, *, force: bool) -> GroupOutcome:
+        """Write as the lease holder, round after round, until nothing more is queued."""
+        result: GroupOutcome | None = None
+        current: _Round | None = first
+        look_at_queue = lease.took_over or not first.observations
+        try:
+            while True:
+                work = current or _Round()
+                rows = self.registry.pending(link.key) if look_at_queue else []
+                work.merge(row.observation for row in rows)
+                if work.observations:
+                    lease = self._keep_alive(lease)
+                    outcome = self._apply(link, work, force=force and work is first, write=True)
+                    result = outcome if work is first or result is None else result
+                if rows:
+                    self.registry.remove_pending(link.key, rows)
+                current, look_at_queue = None, True
+                if lease.poked:  # seen while renewing, possibly after this round read the queue
+                    lease = replace(lease, poked=False)
+                    continue
+                if self.registry.release(lease):
+                    return result or GroupOutcome(link, "unchanged")
+                lease = self.registry.refresh(lease)  # someone queued work: another round
+        except BaseException:
+            self.registry.release_quietly(lease)
+            raise
+
+    def _keep_alive(self, lease: Lease) -> Lease:
+        if time.monotonic() - lease.renewed > self.registry.lease_seconds / 3:
+            return self.registry.refresh(lease)
+        return lease
+
+    def _hand_off(self, link: Link, work: _Round) -> GroupOutcome:
+        """Queue the observations for the current holder and wait until they are written."""
+        rows = self.registry.add_pending(link.key, work.observations.values())
+        deadline = time.monotonic() + self.max_wait
+        delay = 0.05
+        while time.monotonic() < deadline:
+            if not self.registry.poke(link.key):
+                lease = self.registry.try_acquire(link.key)
+                if lease is not None:
+                    return self._hold(link, lease, _Round(), force=False)
+                continue  # another waiter got it first: poke that one
+            while time.monotonic() < deadline:
+                time.sleep(delay * (0.5 + random.random()))  # noqa: S311 -- jitter, not crypto
+                delay = min(delay * 2, 1.0)
+                if not self.registry.has_pending(link.key, rows):
+                    logger.info("Group %s: the lease holder wrote our changes", link.key)
+                    return GroupOutcome(link, "queued")
+                lease = self.registry.try_acquire(link.key)
+                if lease is not None:  # the holder finished or died: finish the queue ourselves
+                    return self._hold(link, lease, _Round(), force=False)
+        raise LeaseBusyError(
+            f"group {link.key} stayed locked for {self.max_wait:.0f}s; its changes stay queued",
+            retry_after=self.registry.lease_seconds,
+        )
+
+    def _wait_for_lease(self, link: Link) -> Lease:
+        deadline = time.monotonic() + self.max_wait
+        delay = 0.05
+        while time.monotonic() < deadline:
+            time.sleep(delay * (0.5 + random.random()))  # noqa: S311 -- jitter, not crypto
+            delay = min(delay * 2, 1.0)
+            lease = self.registry.try_acquire(link.key)
+            if lease is not None:
+                return lease
+        raise LeaseBusyError(f"group {link.key} stayed locked for {self.max_wait:.0f}s", retry_after=5.0)
+
+    def _apply(self, link: Link, work: _Round, *, force: bool, write: bool) -> GroupOutcome:
+        """Read the group, plan it, and write it if it changes. The only place groups are written."""
+        group = self.devops.get_group(link.organization, link.project, link.group_id)
+        if group is None:
+            logger.warning(
+                "Group %s (%s) no longer exists in project %s", link.group_name, link.key, link.project
+            )
+            return GroupOutcome(link, "group-missing", message="the group or its project is gone")
+        if not group.is_key_vault:
+            return GroupOutcome(link, "not-key-vault", message="the group is no longer linked to a key vault")
+        if (group.vault or "").lower() != link.vault.lower():
+            return GroupOutcome(
+                link, "vault-changed", message=f"the group now maps vault {group.vault!r}, not {link.vault!r}"
+            )
+        secrets: dict[str, SecretState] = {key: obs.state for key, obs in work.observations.items()}
+        variables = group.variables
+        plan = plan_group(variables, secrets, link.policy, complete=work.complete, prune_only=link.prune_only)
+        if not plan.changed:
+            return GroupOutcome(link, "unchanged", plan)
+        refusal = None if force else removal_refusal(plan, len(variables), self.settings.max_removal_fraction)
+        if refusal:
+            logger.warning("Group %s (%s): %s; plan %s", link.group_name, link.key, refusal, plan.as_dict())
+            return GroupOutcome(link, "refused", plan, refusal)
+        variables_after = apply_plan(variables, plan)
+        if not variables_after:
+            message = (
+                "refused: the plan would leave the group without variables, which Azure DevOps does not "
+                f"accept; remove the group or add a secret (would remove {list(plan.remove)})"
+            )
+            logger.warning("Group %s (%s): %s", link.group_name, link.key, message)
+            return GroupOutcome(link, "refused", plan, message)
+        if not write:
+            logger.info(
+                "Group %s (%s): would add %s, remove %s",
+                link.group_name,
+                link.key,
+                plan.added_names,
+                list(plan.remove),
+            )
+            return GroupOutcome(link, "planned", plan)
+        self.devops.update_group(link.organization, group, variables_after)
+        logger.info(
+            "Group %s (%s): added %s, removed %s",
+            link.group_name,
+            link.key,
+            plan.added_names,
+            list(plan.remove),
+        )
+        return GroupOutcome(link, "applied", plan)

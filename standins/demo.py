@@ -1,0 +1,137 @@
+"""The local end-to-end demo: real clients, real trigger objects, local stand-ins.
+
+Starts the Key Vault and Azure DevOps stand-ins (HTTPS, throwaway CA) and Azurite,
+seeds a vault and a linked variable group, changes the vault, delivers the
+resulting Event Grid events through ``on_secret_event``, and checks the group.
+Nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .azurite import Azurite
+from .devops import DevOpsStandIn
+from .events import as_trigger_input, secret_event
+from .keyvault import KeyVaultStandIn
+from .tls import ThrowawayCA
+
+ORG, PROJECT, VAULT, GROUP = "demo-org", "Payments", "kv-demo", "payments-kv"
+PAT = "demo-pat-not-a-secret"  # noqa: S105 -- accepted only by the local stand-in
+
+
+class _Out:
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.write = write
+
+    def step(self, n: int, text: str) -> None:
+        self.write(f"\n{n}. {text}")
+
+    def line(self, text: str = "") -> None:
+        self.write(f"   {text}" if text else "")
+
+
+def run(write: Callable[[str], None] = print) -> int:
+    """Run the demo; returns the process exit code (0 when the group ends up right)."""
+    out = _Out(write)
+    with tempfile.TemporaryDirectory(prefix="kvlink-demo-") as tmp:
+        ca = ThrowawayCA(Path(tmp))
+        kv = KeyVaultStandIn(ssl_context=ca.server_context(), token="kvlink-emulator-token")
+        ado = DevOpsStandIn(ssl_context=ca.server_context(), pat=PAT)
+        with kv, ado, Azurite() as azurite:
+            env = {
+                "KVLINK_DEVOPS_ORGS": ORG,
+                "KVLINK_ALLOWED_VAULTS": VAULT,
+                "AZURE_DEVOPS_PAT": PAT,
+                "AzureWebJobsStorage": azurite.connection_string,
+                "KVLINK_DEVOPS_URL": ado.base_url,
+                "KVLINK_VAULT_URL": kv.vault_url_template,
+                "KVLINK_CA_BUNDLE": str(ca.bundle_path),
+                "KVLINK_EMULATOR": "1",
+            }
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                return _scenario(out, kv, ado, azurite)
+            finally:
+                from kvlink_core import app
+
+                app.reset()
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+
+
+def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azurite) -> int:
+    import function_app
+    from kvlink_core import app
+    from kvlink_core.model import Link, Policy
+
+    out.write("kvlink demo: Key Vault -> Azure DevOps variable groups, against local stand-ins")
+    out.line(f"Key Vault stand-in     {kv.vault_url_template}  (HTTPS, throwaway CA)")
+    out.line(f"Azure DevOps stand-in  {ado.base_url}/{ORG}")
+    out.line(f"Table storage          Azurite on 127.0.0.1:{azurite.port}")
+
+    kv.set_secret(VAULT, "db-password", content_type="text/plain")
+    kv.set_secret(VAULT, "api-key")
+    ado.add_project(ORG, PROJECT)
+    endpoint = ado.add_service_endpoint(ORG, PROJECT, "kv-demo-connection")
+    group_id = ado.add_group(
+        ORG, PROJECT, GROUP, vault=VAULT, service_endpoint_id=endpoint, variables=["db-password", "api-key"]
+    )
+    app.get_engine().registry.save_link(
+        Link(ORG, PROJECT, group_id, GROUP, VAULT, Policy(include=("*",), exclude=("legacy-*",)))
+    )
+    out.step(1, f"Vault {VAULT} has 2 secrets; group '{GROUP}' ({ORG}/{PROJECT}) maps them and is linked")
+    out.line("policy: include *, exclude legacy-*, mode merge")
+    out.line(f"group before: {_names(ado, group_id)}")
+
+    changes: list[tuple[str, str, dict[str, Any]]] = [
+        ("storage-key", "new secret", {}),
+        ("smtp-password", "new secret", {"content_type": "text/plain"}),
+        ("db-password", "new version of a mapped secret", {}),
+        ("legacy-token", "new secret the policy excludes", {}),
+        ("tls-cert", "certificate-backed secret", {"managed": True}),
+        ("old-password", "new secret, created disabled", {"enabled": False}),
+    ]
+    out.step(2, "Changes in the vault, each announced by Event Grid (SecretNewVersionCreated):")
+    events = []
+    for name, what, attrs in changes:
+        version = kv.set_secret(VAULT, name, **attrs)
+        events.append((name, what, secret_event(VAULT, name, version)))
+        out.line(f"{name:<15} {what}")
+    events.append(("storage-key", "the same event again (Event Grid delivers at least once)", events[0][2]))
+
+    out.step(3, "Delivering the events through the on_secret_event function:")
+    kv.reset_calls()
+    ado.reset_calls()
+    for name, what, body in events:
+        before = set(_names(ado, group_id))
+        function_app.on_secret_event(as_trigger_input(body))
+        after = set(_names(ado, group_id))
+        delta = [f"+{n}" for n in sorted(after - before)] + [f"-{n}" for n in sorted(before - after)]
+        out.line(f"{name:<15} -> {' '.join(delta) or 'no change'}")
+
+    final = _names(ado, group_id)
+    expected = ["api-key", "db-password", "smtp-password", "storage-key"]
+    listings = sum(1 for c in kv.calls if c.status == 200)  # not the one-time 401 auth challenge
+    out.step(4, f"group after: {final}")
+    out.line(
+        f"calls for {len(events)} events: Key Vault {listings} version listings; Azure DevOps "
+        f"{ado.count('GET')} group reads, {ado.count('PUT')} writes; secret values requested: {len(kv.value_requests)}"
+    )
+    if final != expected or kv.value_requests:
+        out.write(f"\nFAILED: expected {expected} and no value reads")
+        return 1
+    out.write("\nOK: the new secrets reached the group; rotations, excluded, certificate and disabled secrets did not.")
+    return 0
+
+
+def _names(ado: DevOpsStandIn, group_id: int) -> list[str]:
+    return sorted(ado.variable_names(ORG, group_id), key=str.lower)

@@ -1,0 +1,191 @@
+"""Shared fixtures: the HTTPS stand-ins and Azurite (once per run), and a fresh estate per test."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import stamina
+
+from kvlink_core import app as kvlink_app
+from kvlink_core.credentials import EMULATOR_TOKEN, get_credential
+from kvlink_core.devops import DevOps
+from kvlink_core.keyvault import KeyVault
+from kvlink_core.model import Link, Policy
+from kvlink_core.registry import Registry
+from kvlink_core.settings import Settings
+from kvlink_core.sync import Engine
+from standins.azurite import Azurite
+from standins.devops import DevOpsStandIn
+from standins.keyvault import KeyVaultStandIn
+from standins.tls import ThrowawayCA
+
+PAT = "kvlink-test-pat-0123456789"
+_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> ThrowawayCA:
+    return ThrowawayCA(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="session")
+def vault_server(ca: ThrowawayCA) -> Iterator[KeyVaultStandIn]:
+    server = KeyVaultStandIn(ssl_context=ca.server_context(), token=EMULATOR_TOKEN).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def devops_server(ca: ThrowawayCA) -> Iterator[DevOpsStandIn]:
+    server = DevOpsStandIn(ssl_context=ca.server_context(), pat=PAT, bearer_token=EMULATOR_TOKEN).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    with Azurite() as service:
+        yield service
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_state() -> Iterator[None]:
+    """Cached settings/engine never leak between tests; retries do not sleep for real."""
+    kvlink_app.reset()
+    yield
+    kvlink_app.reset()
+
+
+class TableCalls:
+    """Counts Table storage requests by HTTP method (raw_request_hook)."""
+
+    def __init__(self) -> None:
+        self.by_method: Counter[str] = Counter()
+
+    def __call__(self, request: Any) -> None:
+        self.by_method[request.http_request.method] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_method.values())
+
+    def reset(self) -> None:
+        self.by_method.clear()
+
+
+class Estate:
+    """One test's slice of the stand-ins: its own organization, vault and project."""
+
+    def __init__(
+        self, vault_server: KeyVaultStandIn, devops_server: DevOpsStandIn, azurite: Azurite, ca: ThrowawayCA
+    ) -> None:
+        n = next(_counter)
+        self.kv = vault_server
+        self.ado = devops_server
+        self.org = f"org{n}"
+        self.vault = f"kv-test{n}"
+        self.project = "Payments"
+        self.project_id = devops_server.add_project(self.org, self.project)
+        self.endpoint_id = devops_server.add_service_endpoint(self.org, self.project, "kv-connection")
+        self.kv.create_vault(self.vault)
+        self.table_calls = TableCalls()
+        self.env = {
+            "KVLINK_DEVOPS_ORGS": self.org,
+            "KVLINK_ALLOWED_VAULTS": self.vault,
+            "AZURE_DEVOPS_PAT": PAT,
+            "AzureWebJobsStorage": azurite.connection_string,
+            "KVLINK_DEVOPS_URL": devops_server.base_url,
+            "KVLINK_VAULT_URL": vault_server.vault_url_template,
+            "KVLINK_CA_BUNDLE": str(ca.bundle_path),
+            "KVLINK_EMULATOR": "1",
+        }
+        self._engines: list[Engine] = []
+
+    def settings(self, **overrides: str) -> Settings:
+        return Settings.from_env({**self.env, **overrides})
+
+    def engine(
+        self, *, lease_seconds: float = 10.0, max_wait: float | None = None, **overrides: str
+    ) -> Engine:
+        """An engine wired to the stand-ins, with retries tuned to test speed."""
+        settings = self.settings(**overrides)
+        credential = get_credential(settings)
+        engine = Engine(
+            settings,
+            keyvault=KeyVault(settings, credential, retry_total=3, retry_backoff_factor=0.01),
+            devops=DevOps(settings, None, attempts=4, retry_timeout=5.0, wait_initial=0.01, wait_max=0.05),
+            registry=Registry(
+                settings, lease_seconds=lease_seconds, client_options={"raw_request_hook": self.table_calls}
+            ),
+            max_wait=max_wait,
+        )
+        self._engines.append(engine)
+        return engine
+
+    def group(self, name: str, names: list[str] | None = None, *, vault: str | None = None) -> int:
+        return self.ado.add_group(
+            self.org,
+            self.project,
+            name,
+            vault=vault or self.vault,
+            service_endpoint_id=self.endpoint_id,
+            variables=list(names or []),
+        )
+
+    def link(self, engine: Engine, group_id: int, policy: Policy | None = None, **kwargs: Any) -> Link:
+        fields: dict[str, Any] = {
+            "organization": self.org,
+            "project": self.project,
+            "group_id": group_id,
+            "group_name": self.ado.group(self.org, group_id)["name"],
+            "vault": self.vault,
+            "policy": policy or Policy(),
+            **kwargs,
+        }
+        link = Link(**fields)
+        engine.registry.save_link(link)
+        return link
+
+    def names(self, group_id: int) -> list[str]:
+        return sorted(self.ado.variable_names(self.org, group_id), key=str.lower)
+
+    def close(self) -> None:
+        for engine in self._engines:
+            engine.close()
+
+
+@pytest.fixture
+def estate(
+    vault_server: KeyVaultStandIn, devops_server: DevOpsStandIn, azurite: Azurite, ca: ThrowawayCA
+) -> Iterator[Estate]:
+    vault_server.clear_faults()
+    devops_server.clear_faults()
+    vault_server.latency = devops_server.latency = 0.0
+    vault_server.reset_calls()
+    devops_server.reset_calls()
+    made = Estate(vault_server, devops_server, azurite, ca)
+    yield made
+    made.close()
+    vault_server.clear_faults()
+    devops_server.clear_faults()
+    vault_server.latency = devops_server.latency = 0.0
+    vault_server.assert_no_value_reads()
+
+
+@pytest.fixture
+def fast_retries() -> Iterator[None]:
+    """stamina's test mode: DevOps retries happen without waiting."""
+    stamina.set_testing(True, attempts=4)
+    yield
+    stamina.set_testing(False)
+
+
+@pytest.fixture
+def captured_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)
+    return caplog

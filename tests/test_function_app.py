@@ -1,0 +1,84 @@
+"""The registered functions, called with the objects the Functions worker builds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import function_app
+from kvlink_core import app as kvlink_app
+from kvlink_core.errors import TransientError
+from standins.events import as_trigger_input, secret_event
+
+FUNCTIONS = {f.get_function_name(): f for f in function_app.app.get_functions()}
+
+
+class TestRegistration:
+    def test_on_secret_event_is_an_event_grid_trigger(self):
+        """on_secret_event is registered under its public name with an Event Grid trigger."""
+        bindings = json.loads(FUNCTIONS["on_secret_event"].get_function_json())["bindings"]
+        assert [(b["type"], b["direction"].lower()) for b in bindings] == [("eventGridTrigger", "in")]
+
+
+@pytest.fixture
+def env_engine(estate, monkeypatch):
+    """The function app's own engine, configured from the environment like in Azure."""
+    for key, value in estate.env.items():
+        monkeypatch.setenv(key, value)
+    kvlink_app.reset()
+    yield
+    kvlink_app.reset()
+
+
+@pytest.mark.integration
+class TestOnSecretEvent:
+    @pytest.mark.parametrize("schema", ["eventgrid", "cloudevents"])
+    def test_new_secret_through_the_trigger(self, estate, env_engine, schema):
+        """A delivery in either schema, decoded by the worker's converter, updates the linked group."""
+        group = estate.group("payments-kv", ["db-password"])
+        estate.link(estate.engine(), group)
+        version = estate.kv.set_secret(estate.vault, "api-key")
+
+        function_app.on_secret_event(
+            as_trigger_input(secret_event(estate.vault, "api-key", version, schema=schema))
+        )
+
+        assert estate.names(group) == ["api-key", "db-password"]
+
+    def test_malformed_event_is_acknowledged(self, estate, env_engine, captured_logs):
+        """A malformed delivery returns normally (no Event Grid retry) and nothing is called."""
+        body = secret_event(estate.vault, "api-key")
+        body["topic"] = "/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/storageAccounts/z"
+
+        function_app.on_secret_event(as_trigger_input(body))
+
+        assert "not a Key Vault resource id" in captured_logs.text
+        assert estate.kv.calls == []
+        assert estate.ado.calls == []
+
+    def test_key_event_is_acknowledged(self, estate, env_engine):
+        """A key event from the same vault is ignored without any call."""
+        body = secret_event(estate.vault, "signing-key", kind="KeyNewVersionCreated")
+        body["data"]["ObjectType"] = "Key"
+        function_app.on_secret_event(as_trigger_input(body))
+        assert estate.kv.calls == []
+
+    def test_transient_failure_raises_for_redelivery(self, estate, env_engine):
+        """When Key Vault keeps failing, the function raises so that Event Grid redelivers."""
+        group = estate.group("payments-kv", ["db-password"])
+        estate.link(estate.engine(), group)
+        estate.kv.inject(503, path="/versions", times=100)
+
+        with pytest.raises(TransientError):
+            function_app.on_secret_event(as_trigger_input(secret_event(estate.vault, "api-key")))
+        assert estate.names(group) == ["db-password"]
+
+    def test_secrets_never_reach_the_logs(self, estate, env_engine, captured_logs):
+        """The PAT and tokens never appear in log lines, even with DEBUG logging on."""
+        group = estate.group("payments-kv", [])
+        estate.link(estate.engine(), group)
+        version = estate.kv.set_secret(estate.vault, "api-key")
+        function_app.on_secret_event(as_trigger_input(secret_event(estate.vault, "api-key", version)))
+        assert estate.env["AZURE_DEVOPS_PAT"] not in captured_logs.text
+        assert "kvlink-emulator-token" not in captured_logs.text

@@ -1,0 +1,93 @@
+"""The Key Vault reader against the HTTPS stand-in, with the real SDK."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from kvlink_core.credentials import StaticTokenCredential
+from kvlink_core.errors import TransientError, UpstreamError
+from kvlink_core.keyvault import KeyVault
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def reader(estate):
+    kv = KeyVault(
+        estate.settings(),
+        StaticTokenCredential("kvlink-emulator-token"),
+        retry_total=2,
+        retry_backoff_factor=0.01,
+    )
+    yield kv
+    kv.close()
+
+
+class TestListing:
+    def test_full_listing_across_pages(self, estate, reader):
+        """60 secrets come back across three pages, with their attributes, and no value is read."""
+        expires = datetime(2031, 1, 1, tzinfo=UTC)
+        for i in range(60):
+            estate.kv.set_secret(estate.vault, f"s-{i:02d}", content_type="text", tags={"n": str(i)})
+        estate.kv.set_secret(estate.vault, "off", enabled=False, expires=expires)
+        estate.kv.set_secret(estate.vault, "cert", managed=True)
+
+        states = reader.list_secrets(estate.vault)
+
+        assert len(states) == 62
+        assert states["s-07"].tags == {"n": "7"} and states["s-07"].content_type == "text"
+        assert (states["off"].enabled, states["off"].expires) == (False, expires)
+        assert states["cert"].managed is True
+        pages = [c for c in estate.kv.calls if c.path.endswith("/secrets") and c.status == 200]
+        assert len(pages) == 3  # 25 + 25 + 12; the first 401 challenge is not a page
+
+    def test_listing_failing_on_a_later_page_is_an_error(self, estate, reader):
+        """A listing that fails on page 2 raises; it is never returned as a shorter vault."""
+        for i in range(30):
+            estate.kv.set_secret(estate.vault, f"s-{i:02d}")
+        estate.kv.inject(503, path=r"/secrets$", skip=1, times=10)
+        with pytest.raises(TransientError, match="answered HTTP 503"):
+            reader.list_secrets(estate.vault)
+
+    def test_missing_permission_says_which(self, estate, reader):
+        """A 403 names the List permission / Key Vault Reader role it needs, never Get."""
+        estate.kv.deny(estate.vault)
+        try:
+            with pytest.raises(UpstreamError, match=r"'List'.*'Key Vault Reader'") as info:
+                reader.list_secrets(estate.vault)
+        finally:
+            estate.kv.allow(estate.vault)
+        assert info.value.status == 403
+
+    def test_unknown_vault(self, estate, reader):
+        """A vault that does not exist is an upstream error, not an empty vault."""
+        with pytest.raises(UpstreamError, match="not found"):
+            reader.list_secrets("kv-does-not-exist")
+
+
+class TestOneSecret:
+    def test_newest_version_wins(self, estate, reader):
+        """The current version is the newest; its attributes are what count."""
+        estate.kv.set_secret(estate.vault, "rotated", enabled=True, content_type="v1")
+        version = estate.kv.set_secret(estate.vault, "rotated", enabled=False, content_type="v2")
+        state = reader.get_secret(estate.vault, "rotated", version_hint=version)
+        assert (state.enabled, state.content_type) == (False, "v2")
+
+    def test_deleted_secret_is_missing(self, estate, reader):
+        """A deleted secret reads as missing (not an error)."""
+        estate.kv.set_secret(estate.vault, "gone")
+        estate.kv.delete_secret(estate.vault, "gone")
+        state = reader.get_secret(estate.vault, "gone")
+        assert (state.exists, state.enabled) == (False, False)
+
+    def test_many_names_use_one_listing(self, estate, reader):
+        """Reading more than eight secrets lists the vault once instead of once per secret."""
+        for i in range(12):
+            estate.kv.set_secret(estate.vault, f"s-{i}", expires=datetime.now(UTC) + timedelta(days=1))
+        estate.kv.reset_calls()
+        states = reader.get_secrets(estate.vault, [f"s-{i}" for i in range(10)] + ["absent"])
+        assert sum(s.exists for s in states.values()) == 10
+        assert states["absent"].exists is False
+        assert estate.kv.count("GET", "/versions") == 0

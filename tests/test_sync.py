@@ -1,0 +1,365 @@
+"""The event path end to end against the stand-ins and Azurite."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from kvlink_core.errors import TransientError
+from kvlink_core.model import Policy, SecretState
+from kvlink_core.registry import Observation
+from standins.events import secret_event
+
+pytestmark = pytest.mark.integration
+
+
+def new_secret(estate, name: str, **attrs) -> dict:
+    version = estate.kv.set_secret(estate.vault, name, **attrs)
+    return secret_event(estate.vault, name, version)
+
+
+class TestNewSecret:
+    def test_new_secret_reaches_the_group(self, estate):
+        """A secret created in the vault appears in the linked group after one event."""
+        engine = estate.engine()
+        estate.kv.set_secret(estate.vault, "db-password")
+        group = estate.group("payments-kv", ["db-password"])
+        estate.link(engine, group)
+
+        result = engine.handle_event(new_secret(estate, "api-key", content_type="text/plain"))
+
+        assert result.status == "processed"
+        assert [g.status for g in result.groups] == ["applied"]
+        assert estate.names(group) == ["api-key", "db-password"]
+        variable = estate.ado.group(estate.org, group)["variables"]["api-key"]
+        assert variable == {
+            "isSecret": True,
+            "value": None,
+            "enabled": True,
+            "contentType": "text/plain",
+            "expires": None,
+        }
+
+    def test_calls_for_a_new_secret_are_the_minimum(self, estate):
+        """A new secret costs 1 Key Vault call, 1 group read + 1 write, and 3 Table calls."""
+        engine = estate.engine()
+        group = estate.group("payments-kv", [])
+        estate.link(engine, group)
+        engine.handle_event(new_secret(estate, "warm-up"))  # the first call pays the 401 challenge
+        estate.kv.reset_calls()
+        estate.ado.reset_calls()
+        estate.table_calls.reset()
+
+        engine.handle_event(new_secret(estate, "api-key"))
+
+        assert estate.kv.count("GET", r"/versions$") == 1
+        assert len(estate.kv.calls) == 1
+        assert [c.method for c in estate.ado.calls] == ["GET", "PUT"]
+        # links query + lease create + lease delete
+        assert estate.table_calls.by_method == {"GET": 1, "POST": 1, "DELETE": 1}
+
+    def test_new_version_of_mapped_secret_writes_nothing(self, estate):
+        """Rotating a mapped secret reads the group once and never writes it."""
+        engine = estate.engine()
+        estate.kv.set_secret(estate.vault, "db-password")
+        group = estate.group("payments-kv", ["db-password"])
+        estate.link(engine, group)
+
+        result = engine.handle_event(new_secret(estate, "db-password"))
+
+        assert [g.status for g in result.groups] == ["unchanged"]
+        assert estate.ado.writes(estate.org) == []
+        assert estate.ado.count("GET") == 1
+
+    def test_every_linked_group_in_every_project(self, estate):
+        """One event updates every group linked to the vault, across projects."""
+        engine = estate.engine()
+        second_project = "Platform"
+        estate.ado.add_project(estate.org, second_project)
+        endpoint = estate.ado.add_service_endpoint(estate.org, second_project, "kv-connection")
+        first = estate.group("payments-kv", [])
+        other = estate.ado.add_group(
+            estate.org,
+            second_project,
+            "platform-kv",
+            vault=estate.vault,
+            service_endpoint_id=endpoint,
+            variables=[],
+        )
+        estate.link(engine, first)
+        estate.link(engine, other, project=second_project)
+
+        engine.handle_event(new_secret(estate, "shared-key"))
+
+        assert estate.names(first) == ["shared-key"]
+        assert estate.names(other) == ["shared-key"]
+
+    def test_policy_filters_without_touching_devops(self, estate):
+        """A secret the policy does not want costs no Azure DevOps call at all."""
+        engine = estate.engine()
+        group = estate.group("payments-kv", [])
+        estate.link(engine, group, Policy(include=("app-*",)))
+
+        result = engine.handle_event(new_secret(estate, "db-password"))
+
+        assert [g.status for g in result.groups] == ["unchanged"]
+        assert estate.ado.calls == []
+
+    def test_tags_policy(self, estate):
+        """Required tags decide whether a new secret is mapped."""
+        engine = estate.engine()
+        group = estate.group("payments-kv", [])
+        estate.link(engine, group, Policy(tags=(("pipeline", "yes"),)))
+
+        engine.handle_event(new_secret(estate, "untagged"))
+        engine.handle_event(new_secret(estate, "tagged", tags={"pipeline": "yes"}))
+
+        assert estate.names(group) == ["tagged"]
+
+    def test_disabled_new_version_removes_the_name(self, estate):
+        """A new version created disabled makes the mapped name break pipelines, so it goes."""
+        engine = estate.engine()
+        estate.kv.set_secret(estate.vault, "db-password")
+        group = estate.group("payments-kv", ["db-password", "other"])
+        estate.link(engine, group)
+
+        engine.handle_event(new_secret(estate, "db-password", enabled=False))
+
+        assert estate.names(group) == ["other"]
+
+    def test_certificate_backed_secret_not_mapped(self, estate):
+        """A certificate's backing secret is never added."""
+        engine = estate.engine()
+        group = estate.group("payments-kv", [])
+        estate.link(engine, group)
+
+        engine.handle_event(new_secret(estate, "tls-cert", managed=True))
+
+        assert estate.names(group) == []
+
+    def test_discovered_group_gets_no_additions(self, estate):
+        """A group the audit discovered (never linked) is not given new names."""
+        engine = estate.engine()
+        group = estate.group("found-kv", [])
+        estate.link(engine, group, kind="discovered")
+
+        engine.handle_event(new_secret(estate, "api-key"))
+
+        assert estate.names(group) == []
+        assert estate.ado.calls == []
+
+    def test_put_keeps_everything_it_does_not_own(self, estate):
+        """The full-replace PUT carries description, sharing and other variables' attributes."""
+        engine = estate.engine()
+        estate.ado.add_project(estate.org, "Shared")
+        group = estate.group("payments-kv", ["db-password"])
+        estate.ado.share_group(estate.org, group, "Shared")
+
+        def hand_edit(g: dict) -> None:
+            g["description"] = "owned by team payments"
+            g["variables"]["db-password"].update(contentType="pem", expires="2030-01-01T00:00:00Z")
+
+        estate.ado.edit_group(estate.org, group, hand_edit)
+        estate.link(engine, group)
+
+        engine.handle_event(new_secret(estate, "api-key"))
+
+        after = estate.ado.group(estate.org, group)
+        assert after["description"] == "owned by team payments"
+        assert after["variables"]["db-password"]["contentType"] == "pem"
+        assert after["variables"]["db-password"]["expires"] == "2030-01-01T00:00:00Z"
+        assert {r["projectReference"]["name"] for r in after["variableGroupProjectReferences"]} == {
+            "Payments",
+            "Shared",
+        }
+        assert after["providerData"]["vault"] == estate.vault
+
+    def test_report_mode_writes_nothing(self, estate):
+        """KVLINK_MODE=report plans and logs but never writes a group or takes a lease."""
+        engine = estate.engine(KVLINK_MODE="report")
+        group = estate.group("payments-kv", [])
+        estate.link(engine, group)
+
+        result = engine.handle_event(new_secret(estate, "api-key"))
+
+        assert [g.status for g in result.groups] == ["planned"]
+        assert result.groups[0].plan.added_names == ["api-key"]
+        assert estate.ado.writes(estate.org) == []
+
+
+class TestRefusals:
+    def test_vault_outside_allow_list(self, estate):
+        """An event from a vault outside KVLINK_ALLOWED_VAULTS is acknowledged and not acted on."""
+        engine = estate.engine()
+        result = engine.handle_event(secret_event("kv-elsewhere", "api-key"))
+        assert result.status == "ignored"
+        assert estate.kv.calls == []
+        assert estate.ado.calls == []
+
+    def test_vault_without_links_costs_no_key_vault_call(self, estate):
+        """With no linked group, the registry query is the only call."""
+        engine = estate.engine()
+        result = engine.handle_event(new_secret(estate, "api-key"))
+        assert result.groups == ()
+        assert estate.kv.calls == []
+
+    def test_malformed_event(self, estate, captured_logs):
+        """A malformed event is rejected with a log line naming its id, and nothing is called."""
+        engine = estate.engine()
+        body = secret_event(estate.vault, "bad_name")
+        result = engine.handle_event(body)
+        assert result.status == "rejected"
+        assert body["id"] in captured_logs.text
+        assert estate.kv.calls == []
+
+    def test_group_deleted_meanwhile(self, estate):
+        """A linked group that no longer exists is reported, not retried forever."""
+        engine = estate.engine()
+        group = estate.group("payments-kv", [])
+        estate.link(engine, group)
+        estate.ado.delete_group(estate.org, group)
+
+        result = engine.handle_event(new_secret(estate, "api-key"))
+
+        assert [g.status for g in result.groups] == ["group-missing"]
+
+    def test_group_relinked_to_another_vault(self, estate):
+        """If someone points the group at another vault, kvlink does not write it."""
+        engine = estate.engine()
+        group = estate.group("payments-kv", [])
+        estate.link(engine, group)
+        estate.ado.edit_group(estate.org, group, lambda g: g["providerData"].update(vault="kv-other"))
+
+        result = engine.handle_event(new_secret(estate, "api-key"))
+
+        assert [g.status for g in result.groups] == ["vault-changed"]
+        assert estate.ado.writes(estate.org) == []
+
+
+class TestFaults:
+    def test_devops_429_with_retry_after(self, estate):
+        """A 429 with Retry-After on the write is waited out and the write lands."""
+        engine = estate.engine()
+        group = estate.group("payments-kv", [])
+        estate.link(engine, group)
+        estate.ado.inject(429, method="PUT", retry_after=0.2)
+
+        engine.handle_event(new_secret(estate, "api-key"))
+
+        puts = [c for c in estate.ado.calls if c.method == "PUT"]
+        assert [c.status for c in puts] == [429, 200]
+        assert puts[1].started - puts[0].finished >= 0.2
+        assert estate.names(group) == ["api-key"]
+
+    @pytest.mark.parametrize(
+        "fault", [{"status": 503}, {"status": 500}, {"reset": True}], ids=["503", "500", "connection-reset"]
+    )
+    def test_devops_transient_failures_are_retried(self, estate, fault):
+        """5xx answers and connection resets on the read are retried, then the write lands."""
+        engine = estate.engine()
+        group = estate.group("payments-kv", [])
+        estate.link(engine, group)
+        estate.ado.inject(method="GET", times=2, **fault)
+
+        engine.handle_event(new_secret(estate, "api-key"))
+
+        assert estate.names(group) == ["api-key"]
+
+    def test_keyvault_throttling_is_retried(self, estate):
+        """Key Vault's 429 (with Retry-After) and 503 are retried by the SDK."""
+        engine = estate.engine()
+        group = estate.group("payments-kv", [])
+        estate.link(engine, group)
+        estate.kv.inject(429, path="/versions", retry_after=0)
+        estate.kv.inject(503, path="/versions")
+
+        engine.handle_event(new_secret(estate, "api-key"))
+
+        assert estate.names(group) == ["api-key"]
+
+    def test_persistent_failure_raises_and_writes_nothing(self, estate):
+        """When Azure DevOps keeps failing, the event fails (to be redelivered) and the group is untouched."""
+        engine = estate.engine()
+        group = estate.group("payments-kv", ["db-password"])
+        estate.link(engine, group)
+        estate.ado.inject(503, method="PUT", times=50)
+
+        with pytest.raises(TransientError):
+            engine.handle_event(new_secret(estate, "api-key"))
+
+        assert estate.names(group) == ["db-password"]
+        # the lease was released, so the redelivery is not blocked
+        assert engine.registry.try_acquire(engine.registry.links_for_vault(estate.vault)[0].key) is not None
+
+    def test_keyvault_unreachable_raises_before_any_write(self, estate):
+        """If the secret cannot be read, nothing is written and the event is retried."""
+        engine = estate.engine()
+        group = estate.group("payments-kv", [])
+        estate.link(engine, group)
+        estate.kv.inject(503, path="/versions", times=20)
+
+        with pytest.raises(TransientError):
+            engine.handle_event(new_secret(estate, "api-key"))
+        assert estate.ado.calls == []
+
+
+class TestConcurrency:
+    def test_burst_of_30_new_secrets_loses_nothing(self, estate):
+        """30 concurrent events for 30 new secrets of one vault end with all 30 names in the group."""
+        engine = estate.engine()
+        group = estate.group("payments-kv", ["existing"])
+        estate.link(engine, group)
+        estate.ado.latency = 0.03  # widen every read-modify-write window
+        events = [new_secret(estate, f"burst-{i:02d}") for i in range(30)]
+        events += random.Random(7).sample(events, 10)  # at-least-once: some arrive twice
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(engine.handle_event, events))
+
+        assert all(r.status == "processed" for r in results)
+        assert estate.names(group) == sorted(["existing", *(f"burst-{i:02d}" for i in range(30))])
+        writes = estate.ado.writes(estate.org, group)
+        assert len(writes) < 30, "queued observations should be coalesced into fewer writes"
+
+    def test_crashed_holder_blocks_only_until_expiry(self, estate):
+        """A lease left by a dead holder is taken over once it expires, and queued work is finished."""
+        engine = estate.engine(lease_seconds=1.0, max_wait=5.0)
+        group = estate.group("payments-kv", [])
+        link = estate.link(engine, group)
+        dead = engine.registry.try_acquire(link.key)  # a holder that never comes back
+        assert dead is not None
+        # work another instance queued for the dead holder
+        engine.registry.add_pending(link.key, [Observation(SecretState("queued-before"))])
+
+        engine.handle_event(new_secret(estate, "api-key"))
+
+        assert estate.names(group) == ["api-key", "queued-before"]
+        assert engine.registry.pending(link.key) == []
+
+    def test_waiter_gives_up_and_keeps_its_work_queued(self, estate):
+        """If the lease stays busy past the wait, the event fails for a retry and its work stays queued."""
+        engine = estate.engine(lease_seconds=30.0, max_wait=0.5)
+        group = estate.group("payments-kv", [])
+        link = estate.link(engine, group)
+        assert engine.registry.try_acquire(link.key) is not None
+
+        with pytest.raises(TransientError, match="stayed locked"):
+            engine.handle_event(new_secret(estate, "api-key"))
+
+        assert [row.observation.state.name for row in engine.registry.pending(link.key)] == ["api-key"]
+        assert estate.ado.writes(estate.org) == []
+
+    def test_events_for_different_groups_run_in_parallel(self, estate):
+        """Two groups of one vault are written concurrently, not one after the other."""
+        engine = estate.engine()
+        groups = [estate.group(f"g{i}", []) for i in range(4)]
+        for g in groups:
+            estate.link(engine, g)
+        estate.ado.latency = 0.1
+
+        engine.handle_event(new_secret(estate, "api-key"))
+
+        assert all(estate.names(g) == ["api-key"] for g in groups)
+        assert estate.ado.max_concurrency >= 2
