@@ -21,7 +21,7 @@ from .keyvault import KeyVaultStandIn
 from .tls import ThrowawayCA
 
 ORG, PROJECT, VAULT, GROUP = "demo-org", "Payments", "kv-demo", "payments-kv"
-PAT = "demo-pat-not-a-secret"  # noqa: S105 -- accepted only by the local stand-in
+PAT = "demo-pat-not-a-secret"  # accepted only by the local stand-in
 
 
 class _Out:
@@ -111,7 +111,7 @@ def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azuri
     out.step(3, "Delivering the events through the on_secret_event function:")
     kv.reset_calls()
     ado.reset_calls()
-    for name, what, body in events:
+    for name, _what, body in events:
         before = set(_names(ado, group_id))
         function_app.on_secret_event(as_trigger_input(body))
         after = set(_names(ado, group_id))
@@ -123,13 +123,17 @@ def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azuri
     listings = sum(1 for c in kv.calls if c.status == 200)  # not the one-time 401 auth challenge
     out.step(4, f"group after: {final}")
     out.line(
-        f"calls for {len(events)} events: Key Vault {listings} version listings; Azure DevOps "
-        f"{ado.count('GET')} group reads, {ado.count('PUT')} writes; secret values requested: {len(kv.value_requests)}"
+        f"calls for {len(events)} events: Key Vault {listings} version listings; "
+        f"Azure DevOps {ado.count('GET')} group reads, {ado.count('PUT')} writes; "
+        f"secret values requested: {len(kv.value_requests)}"
     )
     if final != expected or kv.value_requests:
         out.write(f"\nFAILED: expected {expected} and no value reads")
         return 1
-    out.write("\nOK: the new secrets reached the group; rotations, excluded, certificate and disabled secrets did not.")
+    out.write(
+        "\nOK: the new secrets reached the group; rotations, excluded, certificate-backed "
+        "and disabled secrets did not."
+    )
     return 0
 
 
