@@ -47,6 +47,7 @@ class Fault:
     retry_after: float | None = None
     delay: float = 0.0  # seconds before answering (or before the reset)
     reset: bool = False  # close the connection without an answer
+    passthrough: bool = False  # only delay, then answer the request normally
     body: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
 
@@ -217,7 +218,7 @@ class StandInServer:
                 self._record(request, 0, started, auth)
                 _reset(handler)
                 return
-            if fault is not None:
+            if fault is not None and not fault.passthrough:
                 response = self._fault_response(fault)
             else:
                 try:

@@ -194,3 +194,40 @@ class TestLookups:
         project = devops.get_project(estate.org, estate.project)
         assert project is not None and project["id"] == estate.project_id
         assert devops.get_project(estate.org, "Nope") is None
+
+
+def example(name: str) -> dict:
+    return json.loads((PAYLOADS / name).read_text(encoding="utf-8-sig"))
+
+
+class TestVerbatimResponses:
+    """The official example responses, served as they are, go through the client unchanged."""
+
+    def test_list_by_group_name(self, estate):
+        """The GET_VariableGroupsByGroupName example lists both groups."""
+        body = example("ado-variablegroups-GET_VariableGroupsByGroupName.7.1-httpExample.json")["responses"][
+            "200"
+        ]
+        estate.ado.inject(200, method="GET", path="variablegroups$", body=body["body"])
+        groups = list(client(estate).list_groups(estate.org, estate.project, name="Test*"))
+        assert [(g.id, g.name) for g in groups] == [(2, "TestVariableGroup2"), (1, "TestVariableGroup1")]
+        assert estate.ado.calls[-1].query["groupName"] == "Test*"
+
+    def test_service_endpoint_by_name(self, estate):
+        """The GetServiceEndpointsByName example yields the endpoint's id."""
+        body = example("ado-serviceendpoint-GetServiceEndpointsByName.7.1-httpExample.json")["responses"][
+            "200"
+        ]
+        estate.ado.inject(200, method="GET", path="serviceendpoint", body=body["body"])
+        found = client(estate).find_service_endpoint(estate.org, estate.project, "MyNewServiceEndpoint")
+        assert found is not None and found["id"] == "5e47a0d8-c745-44f8-8f93-784f18ff31c4"
+
+    def test_update_response(self, estate):
+        """The PUT_UpdateVariableGroup example response reads back as the updated group."""
+        payload = example("ado-variablegroups-PUT_UpdateVariableGroup.7.1-httpExample.json")
+        estate.ado.inject(200, method="PUT", body=payload["responses"]["200"]["body"])
+        group = VariableGroup(payload["responses"]["200"]["body"])
+        updated = client(estate).update_group(estate.org, group, payload["parameters"]["body"]["variables"])
+        assert updated.variables == payload["parameters"]["body"]["variables"]
+        sent = estate.ado.calls[-1].body
+        assert sent == {**payload["parameters"]["body"]}

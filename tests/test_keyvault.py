@@ -91,3 +91,20 @@ class TestOneSecret:
         assert sum(s.exists for s in states.values()) == 10
         assert states["absent"].exists is False
         assert estate.kv.count("GET", "/versions") == 0
+
+
+def test_official_list_example_parses(estate, reader):
+    """The GetSecrets 7.5 example page (served verbatim, minus its external nextLink) reads as one secret."""
+    import json
+    from pathlib import Path
+
+    example = json.loads(
+        (Path(__file__).parent / "payloads" / "keyvault-GetSecrets-example.7.5.json").read_text()
+    )
+    body = dict(example["responses"]["200"]["body"], nextLink=None)  # the example's nextLink points at Azure
+    reader.list_secrets(estate.vault)  # warm the 401 challenge first
+    estate.kv.inject(200, path=r"/secrets$", body=body)
+    states = reader.list_secrets(estate.vault)
+    assert list(states) == ["listsecrettest0"]
+    state = states["listsecrettest0"]
+    assert (state.enabled, state.content_type, state.managed) == (True, "plainText", False)
