@@ -229,26 +229,9 @@ class DevOps:
     def _project_url(self, organization: str, project: str) -> str:
         return f"{self._org_url(organization)}/{quote(project, safe='')}"
 
-    def _request(
-        self,
-        method: str,
-        url: str,
-        *,
-        organization: str,
-        params: Mapping[str, Any] | None = None,
-        json: Any = None,
-        idempotent: bool = True,
-        missing_ok: bool = False,
-    ) -> dict[str, Any] | None:
-        response = self._send(
-            method,
-            url,
-            organization=organization,
-            params=params,
-            json=json,
-            idempotent=idempotent,
-            missing_ok=missing_ok,
-        )
+    def _request(self, method: str, url: str, *, organization: str, **options: Any) -> dict[str, Any] | None:
+        """:meth:`_send`, then the JSON body (None for 404-when-allowed, no body, or ``null``)."""
+        response = self._send(method, url, organization=organization, **options)
         if response is None or not response.content:
             return None
         return _json(response, organization, allow_null=True)

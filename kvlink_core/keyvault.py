@@ -73,7 +73,7 @@ class KeyVault:
 
         return _translate(vault, "list the secrets of", listing)
 
-    def get_secret(self, vault: str, name: str, *, version_hint: str | None = None) -> SecretState:
+    def secret_state(self, vault: str, name: str, *, version_hint: str | None = None) -> SecretState:
         """One secret's current version, from its version list (never its value).
 
         The current version is the newest by creation time, which Key Vault keeps in whole
@@ -103,7 +103,7 @@ class KeyVault:
 
         return _translate(vault, f"read the versions of secret {name!r} in", newest)
 
-    def get_secrets(
+    def secret_states(
         self, vault: str, names: Iterable[str], *, version_hints: Mapping[str, str] | None = None
     ) -> dict[str, SecretState]:
         """Several secrets: one version list each, or one vault listing when that is cheaper."""
@@ -113,7 +113,7 @@ class KeyVault:
             return {key: listing.get(key) or SecretState.missing(name) for key, name in wanted.items()}
         hints = {k.lower(): v for k, v in (version_hints or {}).items()}
         return {
-            key: self.get_secret(vault, name, version_hint=hints.get(key)) for key, name in wanted.items()
+            key: self.secret_state(vault, name, version_hint=hints.get(key)) for key, name in wanted.items()
         }
 
     def close(self) -> None:

@@ -134,7 +134,7 @@ class Engine:
         if not links:
             logger.info("%s: no group is linked to vault %s", origin, vault)
             return []
-        states = self.keyvault.get_secrets(vault, names, version_hints=version_hints)
+        states = self.keyvault.secret_states(vault, names, version_hints=version_hints)
         observations = [Observation(state) for state in states.values()]
         now = datetime.now(UTC)
         work = [

@@ -72,14 +72,14 @@ class TestOneSecret:
         """The current version is the newest; its attributes are what count."""
         estate.kv.set_secret(estate.vault, "rotated", enabled=True, content_type="v1")
         version = estate.kv.set_secret(estate.vault, "rotated", enabled=False, content_type="v2")
-        state = reader.get_secret(estate.vault, "rotated", version_hint=version)
+        state = reader.secret_state(estate.vault, "rotated", version_hint=version)
         assert (state.enabled, state.content_type) == (False, "v2")
 
     def test_deleted_secret_is_missing(self, estate, reader):
         """A deleted secret reads as missing (not an error)."""
         estate.kv.set_secret(estate.vault, "gone")
         estate.kv.delete_secret(estate.vault, "gone")
-        state = reader.get_secret(estate.vault, "gone")
+        state = reader.secret_state(estate.vault, "gone")
         assert (state.exists, state.enabled) == (False, False)
 
     def test_many_names_use_one_listing(self, estate, reader):
@@ -87,7 +87,7 @@ class TestOneSecret:
         for i in range(12):
             estate.kv.set_secret(estate.vault, f"s-{i}", expires=datetime.now(UTC) + timedelta(days=1))
         estate.kv.reset_calls()
-        states = reader.get_secrets(estate.vault, [f"s-{i}" for i in range(10)] + ["absent"])
+        states = reader.secret_states(estate.vault, [f"s-{i}" for i in range(10)] + ["absent"])
         assert sum(s.exists for s in states.values()) == 10
         assert states["absent"].exists is False
         assert estate.kv.count("GET", "/versions") == 0
