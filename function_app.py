@@ -6,9 +6,28 @@ from typing import Any
 
 import azure.functions as func
 
+from kvlink_core import api
 from kvlink_core import app as kvlink
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+@app.route(route="links/{organization?}/{project?}/{groupId?}", methods=["GET", "POST", "DELETE"])
+def links(req: func.HttpRequest) -> func.HttpResponse:
+    """Link a group to a vault (POST), list links (GET), or forget one (DELETE)."""
+    return _http(api.links(req.method, req.route_params, req.params, req.get_body()))
+
+
+@app.route(route="sync", methods=["POST"])
+def sync(req: func.HttpRequest) -> func.HttpResponse:
+    """Reconcile whole groups -- every group of a vault, or one group -- from a full listing."""
+    return _http(api.sync(req.get_body()))
+
+
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Liveness and version; nothing sensitive."""
+    return _http(api.health())
 
 
 @app.event_grid_trigger(arg_name="event")
@@ -19,6 +38,15 @@ def on_secret_event(event: func.EventGridEvent) -> None:
     raises, so Event Grid redelivers (its retry policy, then dead-lettering).
     """
     kvlink.handle_event_grid(_envelope(event))
+
+
+def _http(response: api.ApiResponse) -> func.HttpResponse:
+    return func.HttpResponse(
+        body=response.json(),
+        status_code=response.status,
+        headers=dict(response.headers),
+        mimetype="application/json",
+    )
 
 
 def _envelope(event: Any) -> dict[str, Any]:

@@ -214,6 +214,13 @@ class DevOps:
         url = f"{self._org_url(organization)}/_apis/projects/{quote(project, safe='')}"
         return self._request("GET", url, organization=organization, missing_ok=True)
 
+    def get_service_endpoint(
+        self, organization: str, project: str, endpoint_id: str
+    ) -> dict[str, Any] | None:
+        base = self._project_url(organization, project)
+        url = f"{base}/_apis/serviceendpoint/endpoints/{quote(endpoint_id, safe='')}"
+        return self._request("GET", url, organization=organization, missing_ok=True) or None
+
     def find_service_endpoint(self, organization: str, project: str, name: str) -> dict[str, Any] | None:
         url = f"{self._project_url(organization, project)}/_apis/serviceendpoint/endpoints"
         body = self._request("GET", url, organization=organization, params={"endpointNames": name})
@@ -266,10 +273,12 @@ class DevOps:
                 f"Azure DevOps ({organization}) answered HTTP {err.response.status_code} to {method}; "
                 "giving up for now",
                 retry_after=err.retry_after,
+                system="devops",
+                status=err.response.status_code,
             ) from err
         except httpx.TransportError as err:
             raise TransientError(
-                f"could not reach Azure DevOps ({organization}): {type(err).__name__}"
+                f"could not reach Azure DevOps ({organization}): {type(err).__name__}", system="devops"
             ) from err
         self._note_retry_after(response)
         return self._check(response, method, organization, missing_ok=missing_ok)

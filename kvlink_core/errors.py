@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class KvLinkError(Exception):
     """Base class of every error kvlink raises on purpose."""
@@ -30,10 +32,19 @@ class UnwantedEventError(InvalidEventError):
 class RequestError(KvLinkError):
     """A caller's request is wrong or not allowed; carries the HTTP status to answer with."""
 
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         self.status = status
         self.code = code
         self.field = field
+        self.details = details or {}  # e.g. the refused plan, shown to the caller
         super().__init__(message)
 
 
@@ -47,10 +58,23 @@ class UpstreamError(KvLinkError):
 
 
 class TransientError(KvLinkError):
-    """Try again later: throttling, 5xx, timeouts, resets, a busy lease."""
+    """Try again later: throttling, 5xx, timeouts, resets, a busy lease.
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    ``system`` is "devops", "keyvault" or "storage"; ``status`` is the HTTP status that
+    system last answered, when it answered at all.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        system: str | None = None,
+        status: int | None = None,
+    ) -> None:
         self.retry_after = retry_after
+        self.system = system
+        self.status = status
         super().__init__(message)
 
 

@@ -168,7 +168,9 @@ def _translate(vault: str, action: str, call: Callable[[], T]) -> T:
     except ResourceNotFoundError as err:
         raise UpstreamError("keyvault", 404, f"vault {vault!r} was not found (cannot {action} it)") from err
     except (ServiceRequestError, ServiceResponseError) as err:
-        raise TransientError(f"could not reach vault {vault!r} to {action} it: {type(err).__name__}") from err
+        raise TransientError(
+            f"could not reach vault {vault!r} to {action} it: {type(err).__name__}", system="keyvault"
+        ) from err
     except HttpResponseError as err:
         status = _status(err)
         if status == 403:
@@ -182,6 +184,8 @@ def _translate(vault: str, action: str, call: Callable[[], T]) -> T:
             raise TransientError(
                 f"vault {vault!r} answered HTTP {status} while kvlink tried to {action} it",
                 retry_after=_retry_after(err),
+                system="keyvault",
+                status=status,
             ) from err
         raise UpstreamError(
             "keyvault", status, f"vault {vault!r} answered HTTP {status} to {action}"

@@ -41,6 +41,7 @@ LINKS_TABLE = "kvlinklinks"
 LEASES_TABLE = "kvlinkleases"
 PENDING_TABLE = "kvlinkpending"
 _BATCH = 100  # entities per Table transaction
+_LOOK_UP = object()  # save_link: find the previous link first
 
 
 class LeaseLostError(TransientError):
@@ -114,15 +115,19 @@ class Registry:
             found = list(table.query_entities("RowKey eq @rk", parameters={"rk": _group_row(key)}))
         return _link_from(found[0]) if found else None
 
-    def save_link(self, link: Link) -> None:
-        """Create or replace a link; a group links to one vault, so an older link moves."""
+    def save_link(self, link: Link, *, previous: Link | object | None = _LOOK_UP) -> None:
+        """Create or replace a link; a group links to one vault, so an older link moves.
+
+        Callers that already looked the link up (or just created the group) pass ``previous``.
+        """
         from azure.data.tables import UpdateMode
 
         table = self._table(LINKS_TABLE)
-        previous = self.find_link(link.key)
+        if previous is _LOOK_UP:
+            previous = self.find_link(link.key)
         with _storage("save link"):
             table.upsert_entity(_link_entity(link), mode=UpdateMode.REPLACE)
-            if previous is not None and previous.vault != link.vault.lower():
+            if isinstance(previous, Link) and previous.vault != link.vault.lower():
                 table.delete_entity(previous.vault, _group_row(link.key))
 
     def delete_link(self, key: GroupKey) -> bool:
@@ -341,11 +346,15 @@ def _storage(action: str) -> Iterator[None]:
     try:
         yield
     except (ServiceRequestError, ServiceResponseError) as err:
-        raise TransientError(f"Table storage unavailable ({action}): {type(err).__name__}") from err
+        raise TransientError(
+            f"Table storage unavailable ({action}): {type(err).__name__}", system="storage"
+        ) from err
     except HttpResponseError as err:
         status = getattr(err, "status_code", None)
         if status is not None and (status in (408, 429) or status >= 500):
-            raise TransientError(f"Table storage answered HTTP {status} ({action})") from err
+            raise TransientError(
+                f"Table storage answered HTTP {status} ({action})", system="storage", status=status
+            ) from err
         raise
 
 

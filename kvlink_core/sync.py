@@ -33,7 +33,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Status = Literal[
-    "applied", "unchanged", "planned", "refused", "queued", "group-missing", "not-key-vault", "vault-changed"
+    "applied",
+    "unchanged",
+    "planned",
+    "refused",
+    "queued",
+    "group-missing",
+    "not-key-vault",
+    "vault-changed",
+    "failed",
 ]
 
 
@@ -146,14 +154,18 @@ class Engine:
             )
         ]
         skipped = [GroupOutcome(link, "unchanged") for link in links if link not in work]
-        return skipped + self._for_each(work, lambda link: self.write_group(link, observations), origin)
+        return skipped + self.for_each(work, lambda link: self.write_group(link, observations), origin=origin)
 
-    def _for_each(self, links: list[Link], job: Any, origin: str) -> list[GroupOutcome]:
-        """Run ``job`` per group; one group's failure does not stop the others, but is re-raised."""
+    def for_each(
+        self, links: list[Link], job: Any, *, origin: str, collect_failures: bool = False
+    ) -> list[GroupOutcome]:
+        """Run ``job`` per group, a few at a time. One group's failure does not stop the others;
+        it is re-raised afterwards, or (``collect_failures``) reported as that group's outcome
+        unless every group failed."""
         if not links:
             return []
         outcomes: list[GroupOutcome] = []
-        failures: list[BaseException] = []
+        failures: list[KvLinkError] = []
         with ThreadPoolExecutor(max_workers=min(self.group_concurrency, len(links))) as pool:
             futures = [(link, pool.submit(job, link)) for link in links]
             for link, future in futures:
@@ -162,7 +174,8 @@ class Engine:
                 except KvLinkError as err:
                     logger.warning("%s: group %s (%s) failed: %s", origin, link.group_name, link.key, err)
                     failures.append(err)
-        if failures:
+                    outcomes.append(GroupOutcome(link, "failed", message=str(err)))
+        if failures and (not collect_failures or len(failures) == len(links)):
             raise failures[0]
         return outcomes
 

@@ -8,6 +8,7 @@ Nothing leaves the machine.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -70,8 +71,6 @@ def run(write: Callable[[str], None] = print) -> int:
 
 def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azurite) -> int:
     import function_app
-    from kvlink_core import app
-    from kvlink_core.model import Link, Policy
 
     out.write("kvlink demo: Key Vault -> Azure DevOps variable groups, against local stand-ins")
     out.line(f"Key Vault stand-in     {kv.vault_url_template}  (HTTPS, throwaway CA)")
@@ -81,16 +80,25 @@ def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azuri
     kv.set_secret(VAULT, "db-password", content_type="text/plain")
     kv.set_secret(VAULT, "api-key")
     ado.add_project(ORG, PROJECT)
-    endpoint = ado.add_service_endpoint(ORG, PROJECT, "kv-demo-connection")
-    group_id = ado.add_group(
-        ORG, PROJECT, GROUP, vault=VAULT, service_endpoint_id=endpoint, variables=["db-password", "api-key"]
-    )
-    app.get_engine().registry.save_link(
-        Link(ORG, PROJECT, group_id, GROUP, VAULT, Policy(include=("*",), exclude=("legacy-*",)))
-    )
-    out.step(1, f"Vault {VAULT} has 2 secrets; group '{GROUP}' ({ORG}/{PROJECT}) maps them and is linked")
-    out.line("policy: include *, exclude legacy-*, mode merge")
-    out.line(f"group before: {_names(ado, group_id)}")
+    ado.add_service_endpoint(ORG, PROJECT, "kv-demo-connection")
+    link_body = {
+        "organization": ORG,
+        "project": PROJECT,
+        "group": GROUP,
+        "vault": VAULT,
+        "serviceConnection": "kv-demo-connection",
+        "exclude": ["legacy-*"],
+    }
+    out.step(1, f"Vault {VAULT} holds 2 secrets. Linking a new group through the API:")
+    out.line(f"POST /api/links {json.dumps(link_body)}")
+    response = function_app.links(_post("links", link_body))
+    answer = json.loads(response.get_body())
+    out.line(f"-> {response.status_code}: {answer.get('message') or answer}")
+    if response.status_code != 201:
+        return 1
+    group_id = int(answer["link"]["groupId"])
+    out.line(f"group '{GROUP}' (id {group_id}) created in {ORG}/{PROJECT}, type AzureKeyVault")
+    out.line(f"group now: {_names(ado, group_id)}")
 
     changes: list[tuple[str, str, dict[str, Any]]] = [
         ("storage-key", "new secret", {}),
@@ -135,6 +143,17 @@ def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azuri
         "and disabled secrets did not."
     )
     return 0
+
+
+def _post(route: str, body: dict[str, Any]) -> Any:
+    import azure.functions as func
+
+    return func.HttpRequest(
+        method="POST",
+        url=f"http://localhost:7071/api/{route}",
+        headers={"Content-Type": "application/json"},
+        body=json.dumps(body).encode(),
+    )
 
 
 def _names(ado: DevOpsStandIn, group_id: int) -> list[str]:

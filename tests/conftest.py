@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -51,6 +52,16 @@ def devops_server(ca: ThrowawayCA) -> Iterator[DevOpsStandIn]:
 def azurite() -> Iterator[Azurite]:
     with Azurite() as service:
         yield service
+
+
+@pytest.fixture(scope="session")
+def registered() -> dict[str, Any]:
+    """The app's functions by name. get_functions() validates names and cannot be called twice."""
+    import function_app
+
+    return {
+        f.get_function_name(): json.loads(f.get_function_json()) for f in function_app.app.get_functions()
+    }
 
 
 @pytest.fixture(autouse=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 import function_app
@@ -11,13 +9,11 @@ from kvlink_core import app as kvlink_app
 from kvlink_core.errors import TransientError
 from standins.events import as_trigger_input, secret_event
 
-FUNCTIONS = {f.get_function_name(): f for f in function_app.app.get_functions()}
-
 
 class TestRegistration:
-    def test_on_secret_event_is_an_event_grid_trigger(self):
+    def test_on_secret_event_is_an_event_grid_trigger(self, registered):
         """on_secret_event is registered under its public name with an Event Grid trigger."""
-        bindings = json.loads(FUNCTIONS["on_secret_event"].get_function_json())["bindings"]
+        bindings = registered["on_secret_event"]["bindings"]
         assert [(b["type"], b["direction"].lower()) for b in bindings] == [("eventGridTrigger", "in")]
 
 

@@ -1,0 +1,179 @@
+"""The HTTP API as plain values: method, route, query and body in; status, JSON and headers out.
+
+``function_app.py`` only converts between these and ``azure.functions`` objects. Every
+error becomes ``{"error": {"code", "message", "field"?}}`` with a precise status; no
+stack trace and no credential ever reaches a response.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+from .errors import ConfigError, KvLinkError, RequestError, TransientError, UpstreamError
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResponse:
+    status: int
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def json(self) -> str | None:
+        return None if self.body is None else json.dumps(self.body)
+
+
+def links(method: str, route: Mapping[str, str], query: Mapping[str, str], body: bytes) -> ApiResponse:
+    """``/api/links[/{organization}/{project}/{groupId}]``: POST links, GET lists, DELETE forgets."""
+    return _guarded(lambda: _links(method.upper(), route, query, body))
+
+
+def sync(body: bytes) -> ApiResponse:
+    """``POST /api/sync``: reconcile whole groups from a full vault listing."""
+    return _guarded(lambda: _sync(body))
+
+
+def health() -> ApiResponse:
+    """``GET /api/health``: alive, which version, and whether the settings parse (nothing else)."""
+    from .settings import get_settings
+
+    try:
+        get_settings()
+    except ConfigError:
+        return ApiResponse(503, {"status": "misconfigured", "version": __version__})
+    return ApiResponse(200, {"status": "ok", "version": __version__})
+
+
+# -- routes -------------------------------------------------------------------------------
+def _links(method: str, route: Mapping[str, str], query: Mapping[str, str], body: bytes) -> ApiResponse:
+    from . import linking
+    from .app import get_engine
+
+    parts = [route.get(k) for k in ("organization", "project", "groupId")]
+    if method == "POST":
+        if any(parts):
+            raise RequestError(405, "MethodNotAllowed", "POST goes to /api/links, without a path")
+        engine = get_engine()
+        request = linking.LinkRequest.from_json(_json_body(body), engine.settings)
+        result = linking.link_group(engine, request)
+        return ApiResponse(201 if result.created else 200, result.as_json())
+    if method == "GET":
+        engine = get_engine()
+        if any(parts):
+            return _one_link(engine, parts)
+        found = linking.list_links(
+            engine, vault=query.get("vault") or None, organization=query.get("organization") or None
+        )
+        return ApiResponse(200, {"links": [linking.link_json(link) for link in found]})
+    if method == "DELETE":
+        if not all(parts):
+            raise RequestError(
+                405, "MethodNotAllowed", "DELETE needs /api/links/{organization}/{project}/{groupId}"
+            )
+        organization, project, group_id = (str(p) for p in parts)
+        linking.unlink(get_engine(), organization, project, group_id)
+        return ApiResponse(204)
+    raise RequestError(405, "MethodNotAllowed", f"{method} is not supported on /api/links")
+
+
+def _one_link(engine: Any, parts: list[str | None]) -> ApiResponse:
+    from . import linking
+    from .model import GroupKey
+    from .names import check_organization
+
+    if not all(parts):
+        raise RequestError(404, "NotFound", "use /api/links or /api/links/{organization}/{project}/{groupId}")
+    organization, project, group_id = (str(p) for p in parts)
+    if problem := check_organization(organization):
+        raise RequestError(400, "InvalidField", problem, field="organization")
+    link = engine.registry.find_link(GroupKey(organization.lower(), linking.parse_group_id(group_id)))
+    if link is None or link.project.lower() != project.lower():
+        raise RequestError(
+            404, "LinkNotFound", f"group {organization}/{group_id} is not linked in {project!r}"
+        )
+    return ApiResponse(200, {"link": linking.link_json(link)})
+
+
+def _sync(body: bytes) -> ApiResponse:
+    from . import linking
+    from .app import get_engine
+
+    engine = get_engine()
+    request = linking.SyncRequest.from_json(_json_body(body), engine.settings)
+    return ApiResponse(200, linking.sync(engine, request).as_json())
+
+
+def _json_body(body: bytes) -> Any:
+    if len(body) > MAX_BODY:
+        raise RequestError(
+            413, "BodyTooLarge", f"the request body is {len(body)} bytes; the limit is {MAX_BODY}"
+        )
+    if not body.strip():
+        raise RequestError(400, "InvalidBody", "the request body is empty; send a JSON object")
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RequestError(400, "InvalidJson", f"the request body is not valid JSON: {err}") from None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# -- errors -------------------------------------------------------------------------------
+def _guarded(handler: Callable[[], ApiResponse]) -> ApiResponse:
+    try:
+        return handler()
+    except KvLinkError as err:
+        return error_response(err)
+    except Exception:
+        incident = uuid.uuid4().hex[:12]
+        logger.exception("Unexpected error handling an API request (incident %s)", incident)
+        return _error(500, "InternalError", f"unexpected error; the function logs have incident {incident}")
+
+
+def error_response(err: KvLinkError) -> ApiResponse:
+    """The precise status for each kind of failure."""
+    if isinstance(err, RequestError):
+        return _error(err.status, err.code, str(err), field=err.field, details=err.details)
+    if isinstance(err, TransientError):
+        headers = {"Retry-After": str(math.ceil(err.retry_after))} if err.retry_after is not None else {}
+        if err.system in ("devops", "keyvault"):
+            if err.status == 429:
+                return _error(429, "UpstreamThrottled", str(err), headers=headers)
+            return _error(502, "UpstreamUnavailable", str(err), headers=headers)
+        return _error(503, "Busy", str(err), headers=headers or {"Retry-After": "5"})
+    if isinstance(err, UpstreamError):
+        if err.system == "keyvault" and err.status == 404:
+            return _error(404, "VaultNotFound", str(err), field="vault")
+        return _error(502, "UpstreamRejected", str(err))
+    if isinstance(err, ConfigError):
+        logger.error("%s", err)
+        return _error(500, "ConfigurationError", "kvlink's settings are invalid; see the function logs")
+    return _error(500, "InternalError", str(err))
+
+
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    details: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> ApiResponse:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    error.update(details or {})
+    return ApiResponse(status, {"error": error}, headers or {})

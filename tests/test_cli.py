@@ -1,0 +1,144 @@
+"""The command line: same core, human tables or JSON, and exit codes a pipeline can gate on."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from kvlink_core import app as kvlink_app
+from kvlink_core.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cli(estate, monkeypatch):
+    for key, value in estate.env.items():
+        monkeypatch.setenv(key, value)
+    engine = estate.engine()
+    monkeypatch.setattr(kvlink_app, "get_engine", lambda: engine)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(list(argv), out=out, err=err)
+        return code, out.getvalue(), err.getvalue()
+
+    return run
+
+
+def link_args(estate, *extra: str) -> list[str]:
+    return [
+        "link",
+        "--organization",
+        estate.org,
+        "--project",
+        estate.project,
+        "--group",
+        "payments-kv",
+        "--vault",
+        estate.vault,
+        "--service-connection",
+        "kv-connection",
+        *extra,
+    ]
+
+
+class TestLink:
+    def test_dry_run_then_link_then_repeat(self, estate, cli):
+        """A dry run exits 2 with the plan; the link exits 0; repeating it says nothing changed."""
+        estate.kv.set_secret(estate.vault, "db-password")
+        estate.kv.set_secret(estate.vault, "api-key")
+
+        code, out, _ = cli(*link_args(estate, "--dry-run"))
+        assert code == 2
+        assert "+ api-key" in out and "+ db-password" in out and "not created yet" in out
+        assert estate.ado.writes(estate.org) == []
+
+        code, out, _ = cli(*link_args(estate))
+        assert code == 0 and "created group 'payments-kv' with 2 names" in out
+
+        code, out, _ = cli(*link_args(estate))
+        assert code == 0 and "nothing changed" in out
+
+    def test_policy_from_flags(self, estate, cli):
+        """Tags, include, mode and --drop-expired reach the link's policy."""
+        estate.kv.set_secret(estate.vault, "db-password", tags={"env": "prod", "team": "x"})
+        code, out, err = cli(
+            *link_args(
+                estate,
+                "--json",
+                "--tag",
+                "env=prod",
+                "--tag",
+                "team",
+                "--include",
+                "db-*",
+                "--mode",
+                "mirror",
+                "--drop-expired",
+            )
+        )
+        assert code == 0, err
+        link = json.loads(out)["link"]
+        assert link["tags"] == {"env": "prod", "team": None}
+        assert (link["include"], link["mode"], link["keepExpired"]) == (["db-*"], "mirror", False)
+
+    def test_errors_exit_1_with_the_reason(self, estate, cli):
+        """A refused request exits 1 and says why on stderr, naming the field."""
+        code, out, err = cli(
+            "link", "--organization", "not-ours", "--project", "p", "--group", "g", "--vault", estate.vault
+        )
+        assert code == 1 and out == ""
+        assert "error (organization)" in err and "KVLINK_DEVOPS_ORGS" in err
+
+
+class TestSyncListUnlink:
+    def test_sync_list_unlink(self, estate, cli):
+        """sync finds new secrets, links lists the link, unlink forgets it."""
+        estate.kv.set_secret(estate.vault, "db-password")
+        cli(*link_args(estate))
+        estate.kv.set_secret(estate.vault, "api-key")
+
+        code, out, _ = cli("sync", "--vault", estate.vault, "--dry-run")
+        assert code == 2 and "planned" in out and "+ api-key" in out
+        code, out, _ = cli("sync", "--vault", estate.vault)
+        assert code == 0 and "applied" in out
+
+        code, out, _ = cli("links", "--vault", estate.vault)
+        assert code == 0 and "payments-kv" in out and "[linked, merge, include *]" in out
+        group_id = json.loads(cli("links", "--json")[1])["links"][0]["groupId"]
+
+        code, out, _ = cli(
+            "unlink", "--organization", estate.org, "--project", estate.project, "--group-id", str(group_id)
+        )
+        assert code == 0 and "the group itself is unchanged" in out
+        assert cli("links", "--vault", estate.vault)[1].strip() == "no links"
+
+    def test_refused_sync_exits_1(self, estate, cli):
+        """A sync the mass-removal guard refuses exits 1; --force applies it."""
+        for i in range(6):
+            estate.kv.set_secret(estate.vault, f"s-{i}")
+        cli(*link_args(estate))
+        for i in range(4):
+            estate.kv.delete_secret(estate.vault, f"s-{i}")
+        code, out, _ = cli("sync", "--vault", estate.vault)
+        assert code == 1 and "refused" in out
+        code, out, _ = cli("sync", "--vault", estate.vault, "--force")
+        assert code == 0
+
+    def test_group_sync_needs_organization_and_project(self, estate, cli):
+        """--group-id without --organization/--project is an error."""
+        code, _, err = cli("sync", "--group-id", "3")
+        assert code == 1 and "--organization" in err
+
+
+def test_bad_settings_exit_1(monkeypatch):
+    """Missing settings are reported, all at once, with exit code 1."""
+    monkeypatch.delenv("KVLINK_DEVOPS_ORGS", raising=False)
+    monkeypatch.delenv("KVLINK_ALLOWED_VAULTS", raising=False)
+    kvlink_app.reset()
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["links"], out=out, err=err) == 1
+    assert "KVLINK_DEVOPS_ORGS" in err.getvalue() and "KVLINK_ALLOWED_VAULTS" in err.getvalue()
