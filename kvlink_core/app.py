@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from .sync import Engine, EventResult
+    from .sync import Engine, EventResult, LogBatchResult
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -46,3 +46,8 @@ def reset() -> None:
 def handle_event_grid(envelope: Mapping[str, Any]) -> EventResult:
     """One Event Grid delivery, in either schema (see :meth:`Engine.handle_event`)."""
     return get_engine().handle_event(envelope)
+
+
+def handle_log_batch(bodies: list[bytes]) -> LogBatchResult:
+    """One Event Hubs batch of Key Vault audit-log envelopes (see :meth:`Engine.handle_log_batch`)."""
+    return get_engine().handle_log_batch(bodies)

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 LINKS_TABLE = "kvlinklinks"
 LEASES_TABLE = "kvlinkleases"
 PENDING_TABLE = "kvlinkpending"
+WORK_TABLE = "kvlinkvaultwork"
 _BATCH = 100  # entities per Table transaction
 _LOOK_UP = object()  # save_link: find the previous link first
 
@@ -64,6 +65,13 @@ class Observation:
 
     state: SecretState
     at: int = field(default_factory=time.time_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkRow:
+    vault: str
+    name: str
+    etag: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +306,52 @@ class Registry:
     def has_pending(self, key: GroupKey, row_keys: Iterable[str]) -> bool:
         wanted = set(row_keys)
         return any(row.row_key in wanted for row in self.pending(key))
+
+    # -- vault work (diagnostic-log path) -------------------------------------------------
+    def add_vault_work(self, vault: str, names: Iterable[str]) -> None:
+        """Remember that these secrets need a decision, before acting: Event Hubs checkpoints the
+        batch even when the function fails, so this row is what survives a failure."""
+        from azure.data.tables import UpdateMode
+
+        table = self._table(WORK_TABLE)
+        rows = [
+            {
+                "PartitionKey": vault.lower(),
+                "RowKey": name.lower(),
+                "Name": name,
+                "QueuedAt": datetime.now(UTC),
+            }
+            for name in names
+        ]
+        with _storage("queue vault work"):
+            for start in range(0, len(rows), _BATCH):
+                chunk = rows[start : start + _BATCH]
+                table.submit_transaction([("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
+
+    def vault_work(self) -> dict[str, list[WorkRow]]:
+        """Everything still to decide, by vault -- this batch's and what earlier failures left."""
+        table = self._table(WORK_TABLE)
+        work: dict[str, list[WorkRow]] = {}
+        with _storage("read vault work"):
+            for entity in table.list_entities():
+                row = WorkRow(entity["PartitionKey"], str(entity["Name"]), str(entity.metadata["etag"]))
+                work.setdefault(row.vault, []).append(row)
+        return work
+
+    def remove_vault_work(self, rows: Iterable[WorkRow]) -> None:
+        """Clear decided rows; a row queued again meanwhile (new ETag) stays for the next run."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        table = self._table(WORK_TABLE)
+        for row in rows:
+            with (
+                _storage("clear vault work"),
+                contextlib.suppress(ResourceModifiedError, ResourceNotFoundError),
+            ):
+                table.delete_entity(
+                    row.vault, row.name.lower(), etag=row.etag, match_condition=MatchConditions.IfNotModified
+                )
 
     # -- plumbing --------------------------------------------------------------------
     def _table(self, name: str) -> TableClient:

@@ -44,6 +44,7 @@ class Settings:
     ca_bundle: str | None = None
     emulator: bool = False
     max_removal_fraction: float = 0.5
+    unlinked_groups: Literal["prune", "ignore"] = "prune"
     running_in_azure: bool = False
 
     @classmethod
@@ -93,6 +94,9 @@ class Settings:
             problems.append(f"KVLINK_CA_BUNDLE points to {ca_bundle!r}, which is not a file")
 
         fraction = _fraction(get("KVLINK_MAX_REMOVAL_FRACTION"), problems)
+        unlinked = (get("KVLINK_UNLINKED_GROUPS") or "prune").lower()
+        if unlinked not in ("prune", "ignore"):
+            problems.append(f"KVLINK_UNLINKED_GROUPS must be 'prune' or 'ignore', not {unlinked!r}")
 
         storage = _storage(env, problems)
         if problems:
@@ -109,6 +113,7 @@ class Settings:
             ca_bundle=ca_bundle,
             emulator=emulator,
             max_removal_fraction=fraction,
+            unlinked_groups="ignore" if unlinked == "ignore" else "prune",
             running_in_azure=running_in_azure,
         )
 

@@ -18,8 +18,16 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import InvalidEventError, KvLinkError, LeaseBusyError, UnwantedEventError
+from .errors import (
+    InvalidEventError,
+    KvLinkError,
+    LeaseBusyError,
+    TransientError,
+    UnwantedEventError,
+    UpstreamError,
+)
 from .events import SecretEvent, parse_event
+from .logs import parse_log_batch
 from .model import Link, SecretState
 from .plan import Desired, Plan, apply_plan, desired, plan_group, removal_refusal
 from .registry import Lease, Observation
@@ -59,6 +67,14 @@ class EventResult:
     event: SecretEvent | None = None
     groups: tuple[GroupOutcome, ...] = ()
     reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogBatchResult:
+    records: int  # actionable records in the batch
+    ignored: int  # well-formed records that needed nothing
+    skipped: int  # malformed records
+    groups: tuple[GroupOutcome, ...] = ()
 
 
 @dataclass
@@ -120,6 +136,8 @@ class Engine:
         logger.info(
             "Event %s: %s for secret %s in vault %s", event.event_id, event.kind, event.secret, event.vault
         )
+        if event.kind == "SecretNearExpiry":
+            return EventResult("processed", event, tuple(self._warn_near_expiry(event)))
         outcomes = self.sync_secrets(
             event.vault,
             [event.secret],
@@ -127,6 +145,60 @@ class Engine:
             version_hints={event.secret: event.version} if event.version else None,
         )
         return EventResult("processed", event, tuple(outcomes))
+
+    def _warn_near_expiry(self, event: SecretEvent) -> list[GroupOutcome]:
+        """Nothing breaks yet (an expired secret still works), but the owners should know which groups."""
+        mapping = []
+        for link in self._links(event.vault):
+            group = self.devops.get_group(link.organization, link.project, link.group_id)
+            if group is not None and event.secret.lower() in {n.lower() for n in group.variables}:
+                mapping.append(link)
+        if mapping:
+            when = event.expires.strftime("%Y-%m-%d %H:%M UTC") if event.expires else "soon"
+            logger.warning(
+                "Secret %s in vault %s expires %s; it is mapped by %s",
+                event.secret,
+                event.vault,
+                when,
+                ", ".join(
+                    f"{link.organization}/{link.project}/{link.group_name} ({link.group_id})"
+                    for link in mapping
+                ),
+            )
+        return [GroupOutcome(link, "unchanged", message="maps a secret near expiry") for link in mapping]
+
+    # -- diagnostic logs (Event Hubs) --------------------------------------------------
+    def handle_log_batch(self, bodies: Iterable[bytes | str]) -> LogBatchResult:
+        """One Event Hubs batch of ``AuditEvent`` envelopes: deletes, disables, recoveries.
+
+        The work is written to Table storage before anything else, because the trigger
+        checkpoints the batch even when this function fails. Then every vault's pending
+        secrets -- this batch's and any an earlier failure left -- get one decision each
+        from their current state, and each linked group at most one write. A transient
+        failure raises (the function's retry policy runs the batch again); the rows stay.
+        """
+        batch = parse_log_batch(bodies, vault_allowed=self.settings.vault_allowed)
+        for position, reason in batch.skipped:
+            logger.warning("Skipped malformed log record (%s): %s", position, reason)
+        for vault, names in batch.by_vault().items():
+            self.registry.add_vault_work(vault, names)
+        outcomes: list[GroupOutcome] = []
+        failures: list[KvLinkError] = []
+        for vault, rows in self.registry.vault_work().items():
+            names = [row.name for row in rows]
+            try:
+                outcomes += self.sync_secrets(vault, names, origin=f"audit log ({len(names)} secrets)")
+            except TransientError as err:
+                logger.warning("Vault %s: %s; its %d secrets stay queued", vault, err, len(names))
+                failures.append(err)
+                continue
+            except UpstreamError as err:
+                # Retrying cannot fix a missing permission; the audit reports it. Do not loop on it.
+                logger.error("Vault %s: %s; dropping %d queued secrets", vault, err, len(names))  # noqa: TRY400
+            self.registry.remove_vault_work(rows)
+        if failures:
+            raise failures[0]
+        return LogBatchResult(len(batch.records), batch.ignored, len(batch.skipped), tuple(outcomes))
 
     # -- edge-triggered: named secrets of one vault ------------------------------------
     def sync_secrets(
@@ -138,7 +210,7 @@ class Engine:
         version_hints: Mapping[str, str] | None = None,
     ) -> list[GroupOutcome]:
         """Bring every group linked to ``vault`` in step for the named secrets only."""
-        links = self.registry.links_for_vault(vault)
+        links = self._links(vault)
         if not links:
             logger.info("%s: no group is linked to vault %s", origin, vault)
             return []
@@ -155,6 +227,12 @@ class Engine:
         ]
         skipped = [GroupOutcome(link, "unchanged") for link in links if link not in work]
         return skipped + self.for_each(work, lambda link: self.write_group(link, observations), origin=origin)
+
+    def _links(self, vault: str) -> list[Link]:
+        links = self.registry.links_for_vault(vault)
+        if self.settings.unlinked_groups == "ignore":
+            links = [link for link in links if link.kind != "discovered"]
+        return links
 
     def for_each(
         self, links: list[Link], job: Any, *, origin: str, collect_failures: bool = False

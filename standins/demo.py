@@ -19,6 +19,7 @@ from .azurite import Azurite
 from .devops import DevOpsStandIn
 from .events import as_trigger_input, secret_event
 from .keyvault import KeyVaultStandIn
+from .logs import envelopes
 from .tls import ThrowawayCA
 
 ORG, PROJECT, VAULT, GROUP = "demo-org", "Payments", "kv-demo", "payments-kv"
@@ -70,6 +71,8 @@ def run(write: Callable[[str], None] = print) -> int:
 
 
 def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azurite) -> int:
+    import azure.functions as func
+
     import function_app
 
     out.write("kvlink demo: Key Vault -> Azure DevOps variable groups, against local stand-ins")
@@ -126,21 +129,46 @@ def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azuri
         delta = [f"+{n}" for n in sorted(after - before)] + [f"-{n}" for n in sorted(before - after)]
         out.line(f"{name:<15} -> {' '.join(delta) or 'no change'}")
 
-    final = _names(ado, group_id)
-    expected = ["api-key", "db-password", "smtp-password", "storage-key"]
+    after_events = _names(ado, group_id)
     listings = sum(1 for c in kv.calls if c.status == 200)  # not the one-time 401 auth challenge
-    out.step(4, f"group after: {final}")
+    out.step(4, f"group after the events: {after_events}")
     out.line(
         f"calls for {len(events)} events: Key Vault {listings} version listings; "
         f"Azure DevOps {ado.count('GET')} group reads, {ado.count('PUT')} writes; "
         f"secret values requested: {len(kv.value_requests)}"
     )
-    if final != expected or kv.value_requests:
-        out.write(f"\nFAILED: expected {expected} and no value reads")
+
+    out.step(5, "Changes Event Grid never announces, seen only in the vault's audit log:")
+    kv.drain_audit_log()  # the history so far was announced by Event Grid
+    kv.delete_secret(VAULT, "smtp-password")
+    kv.update_secret(VAULT, "api-key", enabled=False)
+    kv.log_failed(VAULT, "SecretDelete", "db-password", 403)
+    out.line("smtp-password   deleted")
+    out.line("api-key         disabled")
+    out.line("db-password     delete attempt refused (403; the log still says resultType Success)")
+    records = kv.drain_audit_log()
+    bodies = envelopes(records, per_message=2)
+    out.line(
+        f"-> {len(records)} AuditEvent records in {len(bodies)} Event Hub messages, through on_vault_log"
+    )
+    before = set(_names(ado, group_id))
+    function_app.on_vault_log([func.EventHubEvent(body=body) for body in bodies])
+    final = _names(ado, group_id)
+    delta = [f"-{n}" for n in sorted(before - set(final))] + [f"+{n}" for n in sorted(set(final) - before)]
+    out.line(f"group: {' '.join(delta) or 'no change'}")
+
+    out.step(6, f"group at the end: {final}")
+    expected = ["db-password", "storage-key"]
+    if after_events != ["api-key", "db-password", "smtp-password", "storage-key"] or final != expected:
+        out.write(f"\nFAILED: expected {expected} at the end and no value reads")
+        return 1
+    if kv.value_requests:
+        out.write("\nFAILED: a secret value was requested")
         return 1
     out.write(
-        "\nOK: the new secrets reached the group; rotations, excluded, certificate-backed "
-        "and disabled secrets did not."
+        "\nOK: new secrets reached the group; rotations, excluded, certificate-backed and disabled "
+        "secrets did not;\n    the deleted and the disabled secret left it, and the refused delete "
+        "changed nothing."
     )
     return 0
 

@@ -44,6 +44,7 @@ from typing import Any, Final
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
 
 from ._http import Fault, Request, Response, StandInServer, abort
+from .logs import audit_record
 
 __all__ = ["KeyVaultStandIn", "StaticTokenCredential", "static_credential"]
 
@@ -182,6 +183,7 @@ class KeyVaultStandIn(StandInServer):
         self._vaults: dict[str, _Vault] = {}
         self._seq = 0
         self.value_requests: list[str] = []
+        self.audit_log: list[dict[str, Any]] = []  # AuditEvent records of changes, for the log path
 
     # -- lifecycle (narrowed return types so callers keep the subclass) ---------------
     def start(self) -> KeyVaultStandIn:
@@ -252,6 +254,13 @@ class KeyVaultStandIn(StandInServer):
                 store.secrets[key] = _Secret(name, [version])
             else:
                 secret.versions.append(version)
+            self._audit(
+                vault,
+                "SecretSet",
+                name,
+                request_path=f"/secrets/{name}",
+                object_path=f"/secrets/{name}/{version.version}",
+            )
             return version.version
 
     def update_secret(
@@ -284,6 +293,14 @@ class KeyVaultStandIn(StandInServer):
             if not isinstance(not_before, EllipsisType):
                 current.not_before = _epoch(not_before)
             current.updated = int(time.time())
+            secret_name = self._live(vault, name).name
+            self._audit(
+                vault,
+                "SecretUpdate",
+                secret_name,
+                request_path=f"/secrets/{secret_name}/{current.version}",
+                object_path=f"/secrets/{secret_name}/{current.version}",
+            )
 
     def delete_secret(self, vault: str, name: str) -> None:
         """Soft-delete a secret with all its versions."""
@@ -293,6 +310,7 @@ class KeyVaultStandIn(StandInServer):
             del store.secrets[name.lower()]
             secret.deleted_on = int(time.time())
             store.deleted[name.lower()] = secret
+            self._audit(vault, "SecretDelete", secret.name)
 
     def recover_secret(self, vault: str, name: str) -> None:
         """Bring a soft-deleted secret back, versions and attributes intact."""
@@ -303,12 +321,48 @@ class KeyVaultStandIn(StandInServer):
                 raise KeyError(f"no deleted secret {name!r} in vault {vault!r}")
             secret.deleted_on = None
             store.secrets[name.lower()] = secret
+            self._audit(
+                vault, "SecretRecover", secret.name, request_path=f"/deletedsecrets/{secret.name}/recover"
+            )
 
     def purge_secret(self, vault: str, name: str) -> None:
         """Remove a soft-deleted secret for good."""
         with self._vault_lock:
-            if self._store(vault).deleted.pop(name.lower(), None) is None:
+            secret = self._store(vault).deleted.pop(name.lower(), None)
+            if secret is None:
                 raise KeyError(f"no deleted secret {name!r} in vault {vault!r}")
+            self._audit(
+                vault,
+                "SecretPurge",
+                secret.name,
+                request_path=f"/deletedsecrets/{secret.name}",
+                object_path=f"/deletedsecrets/{secret.name}",
+            )
+
+    def restore_secret(self, vault: str, name: str, **attributes: Any) -> str:
+        """Restore a secret from a backup (here: recreate it), logged as SecretRestore."""
+        with self._vault_lock:
+            audit_before = len(self.audit_log)
+            version = self.set_secret(vault, name, **attributes)
+            del self.audit_log[audit_before:]  # a restore logs SecretRestore, not SecretSet
+            self._audit(
+                vault, "SecretRestore", name, request_path="/secrets/restore", object_path=f"/secrets/{name}"
+            )
+            return version
+
+    def log_failed(self, vault: str, operation: str, name: str, status: int) -> None:
+        """A refused call (403, 404...): still logged, with resultType "Success"."""
+        with self._vault_lock:
+            self._audit(vault, operation, name, status=status)
+
+    def drain_audit_log(self) -> list[dict[str, Any]]:
+        """The AuditEvent records since the last drain, as the diagnostic setting would ship them."""
+        with self._vault_lock:
+            records, self.audit_log = self.audit_log, []
+            return records
+
+    def _audit(self, vault: str, operation: str, name: str, **kwargs: Any) -> None:
+        self.audit_log.append(audit_record(vault, operation, secret=name, **kwargs))
 
     def secret_names(self, vault: str) -> list[str]:
         """Names of the live secrets, in the order the list endpoint returns them."""

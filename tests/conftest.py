@@ -60,7 +60,11 @@ def registered() -> dict[str, Any]:
     import function_app
 
     return {
-        f.get_function_name(): json.loads(f.get_function_json()) for f in function_app.app.get_functions()
+        f.get_function_name(): {
+            **json.loads(f.get_function_json()),
+            "retry": f.get_settings_dict("retry_policy"),
+        }
+        for f in function_app.app.get_functions()
     }
 
 

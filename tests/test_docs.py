@@ -9,6 +9,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_SOURCE = (ROOT / "kvlink_core" / "settings.py").read_text()
 CODE_SETTINGS = set(re.findall(r'"((?:KVLINK|AZURE)_[A-Z_]+|AzureWebJobsStorage)"', SETTINGS_SOURCE))
+# Settings the Functions host resolves for bindings: connection names and %EXPRESSIONS%.
+BINDING_SOURCE = (ROOT / "function_app.py").read_text()
+CODE_SETTINGS |= set(re.findall(r'connection="([A-Za-z_]+)"', BINDING_SOURCE))
+CODE_SETTINGS |= set(re.findall(r'"%([A-Za-z_]+)%"', BINDING_SOURCE))
 
 
 def test_code_reads_the_documented_settings():
