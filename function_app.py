@@ -24,6 +24,22 @@ def sync(req: func.HttpRequest) -> func.HttpResponse:
     return _http(api.sync(req.get_body()))
 
 
+@app.route(route="audit/latest", methods=["GET"])
+def audit_latest(req: func.HttpRequest) -> func.HttpResponse:
+    """The newest audit report: summary and findings."""
+    return _http(api.audit_latest())
+
+
+@app.timer_trigger(arg_name="timer", schedule="%KVLINK_AUDIT_SCHEDULE%", use_monitor=True, run_on_startup=False)
+def nightly_audit(timer: func.TimerRequest) -> None:
+    """Reconcile every Key Vault group with its vault, discover unlinked ones, report and notify.
+
+    use_monitor keeps the schedule across restarts, so a missed run is run once when the host
+    comes back (past_due), not skipped.
+    """
+    kvlink.run_nightly_audit(past_due=timer.past_due)
+
+
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """Liveness and version; nothing sensitive."""

@@ -43,6 +43,20 @@ def sync(body: bytes) -> ApiResponse:
     return _guarded(lambda: _sync(body))
 
 
+def audit_latest() -> ApiResponse:
+    """``GET /api/audit/latest``: the newest audit report (summary and findings)."""
+    return _guarded(_audit_latest)
+
+
+def _audit_latest() -> ApiResponse:
+    from .app import get_engine
+
+    report = get_engine().registry.latest_report()
+    if report is None:
+        raise RequestError(404, "NoAuditYet", "no audit has run yet; the nightly audit runs on KVLINK_AUDIT_SCHEDULE")
+    return ApiResponse(200, report)
+
+
 def health() -> ApiResponse:
     """``GET /api/health``: alive, which version, and whether the settings parse (nothing else)."""
     from .settings import get_settings
@@ -77,9 +91,7 @@ def _links(method: str, route: Mapping[str, str], query: Mapping[str, str], body
         return ApiResponse(200, {"links": [linking.link_json(link) for link in found]})
     if method == "DELETE":
         if not all(parts):
-            raise RequestError(
-                405, "MethodNotAllowed", "DELETE needs /api/links/{organization}/{project}/{groupId}"
-            )
+            raise RequestError(405, "MethodNotAllowed", "DELETE needs /api/links/{organization}/{project}/{groupId}")
         organization, project, group_id = (str(p) for p in parts)
         linking.unlink(get_engine(), organization, project, group_id)
         return ApiResponse(204)
@@ -98,9 +110,7 @@ def _one_link(engine: Any, parts: list[str | None]) -> ApiResponse:
         raise RequestError(400, "InvalidField", problem, field="organization")
     link = engine.registry.find_link(GroupKey(organization.lower(), linking.parse_group_id(group_id)))
     if link is None or link.project.lower() != project.lower():
-        raise RequestError(
-            404, "LinkNotFound", f"group {organization}/{group_id} is not linked in {project!r}"
-        )
+        raise RequestError(404, "LinkNotFound", f"group {organization}/{group_id} is not linked in {project!r}")
     return ApiResponse(200, {"link": linking.link_json(link)})
 
 
@@ -115,9 +125,7 @@ def _sync(body: bytes) -> ApiResponse:
 
 def _json_body(body: bytes) -> Any:
     if len(body) > MAX_BODY:
-        raise RequestError(
-            413, "BodyTooLarge", f"the request body is {len(body)} bytes; the limit is {MAX_BODY}"
-        )
+        raise RequestError(413, "BodyTooLarge", f"the request body is {len(body)} bytes; the limit is {MAX_BODY}")
     if not body.strip():
         raise RequestError(400, "InvalidBody", "the request body is empty; send a JSON object")
     try:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from .audit import AuditReport
     from .sync import Engine, EventResult, LogBatchResult
 
 
@@ -17,6 +18,7 @@ def build_engine(settings: Settings) -> Engine:
     from .credentials import get_credential
     from .devops import DevOps
     from .keyvault import KeyVault
+    from .notify import Notifier
     from .registry import Registry
     from .sync import Engine
 
@@ -26,6 +28,7 @@ def build_engine(settings: Settings) -> Engine:
         keyvault=KeyVault(settings, credential),
         devops=DevOps(settings, None if settings.devops_pat else credential),
         registry=Registry(settings, credential),
+        notifier=Notifier(settings, credential),
     )
 
 
@@ -51,3 +54,14 @@ def handle_event_grid(envelope: Mapping[str, Any]) -> EventResult:
 def handle_log_batch(bodies: list[bytes]) -> LogBatchResult:
     """One Event Hubs batch of Key Vault audit-log envelopes (see :meth:`Engine.handle_log_batch`)."""
     return get_engine().handle_log_batch(bodies)
+
+
+def run_nightly_audit(*, past_due: bool = False) -> AuditReport:
+    """The timer's audit: reconcile, discover, store the report, notify."""
+    import logging
+
+    from .audit import run_audit
+
+    if past_due:
+        logging.getLogger(__name__).warning("The nightly audit is past due; running it once now")
+    return run_audit(get_engine())

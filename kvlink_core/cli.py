@@ -34,8 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--vault", required=True, help="the Key Vault's name")
     link.add_argument(
         "--service-connection",
-        help="name or id of the Azure Resource Manager connection "
-        "(needed only when the group does not exist yet)",
+        help="name or id of the Azure Resource Manager connection (needed only when the group does not exist yet)",
     )
     link.add_argument("--include", nargs="+", metavar="PATTERN", help="secret name globs to map (default *)")
     link.add_argument("--exclude", nargs="+", metavar="PATTERN", default=[], help="secret name globs to skip")
@@ -72,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     _group_args(unlink, with_id=True)
     unlink.add_argument("--json", action="store_true", help="print JSON")
 
+    audit = verbs.add_parser("audit", help="reconcile every Key Vault group with its vault and report findings")
+    audit.add_argument("--dry-run", action="store_true", help="plan and report only; write and store nothing")
+    audit.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
+
     verbs.add_parser(
         "demo",
         help="run the local end-to-end demo against the stand-ins (development checkout only)",
@@ -91,9 +94,7 @@ def _group_args(parser: argparse.ArgumentParser, *, with_id: bool) -> None:
 
 
 def _common(parser: argparse.ArgumentParser, *, force: bool) -> None:
-    parser.add_argument(
-        "--dry-run", action="store_true", help="show the plan, write nothing (exit 2 if changes)"
-    )
+    parser.add_argument("--dry-run", action="store_true", help="show the plan, write nothing (exit 2 if changes)")
     if force:
         parser.add_argument("--force", action="store_true", help="apply even beyond the mass-removal guard")
     parser.add_argument("--json", action="store_true", help="print JSON (the API's response shape)")
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         "sync": _sync,
         "links": _links,
         "unlink": _unlink,
+        "audit": lambda parsed, stdout: _audit(parsed, stdout, err),
     }
     try:
         return commands[args.verb](args, out)
@@ -150,7 +152,7 @@ def _link(args: argparse.Namespace, out: TextIO) -> int:
         "dryRun": args.dry_run,
         "force": args.force,
     }
-    result = link_group(engine, LinkRequest.from_json(body, engine.settings))
+    result = link_group(engine, LinkRequest.from_json(body, engine.settings), origin="cli")
     if args.json:
         print(json.dumps(result.as_json(), indent=2), file=out)
     else:
@@ -176,20 +178,16 @@ def _sync(args: argparse.Namespace, out: TextIO) -> int:
         body["vault"] = args.vault
     else:
         if not (args.organization and args.project):
-            raise RequestError(
-                400, "InvalidField", "--group-id needs --organization and --project", field="group-id"
-            )
+            raise RequestError(400, "InvalidField", "--group-id needs --organization and --project", field="group-id")
         body.update(organization=args.organization, project=args.project, groupId=args.group_id)
-    result = sync(engine, SyncRequest.from_json(body, engine.settings))
+    result = sync(engine, SyncRequest.from_json(body, engine.settings), origin="cli")
     if args.json:
         print(json.dumps(result.as_json(), indent=2), file=out)
     else:
         for outcome in result.groups:
             entry = outcome_json(outcome)
             link = entry["link"]
-            line = (
-                f"{link['organization']}/{link['project']} group {link['group']!r} (id {link['groupId']}): "
-            )
+            line = f"{link['organization']}/{link['project']} group {link['group']!r} (id {link['groupId']}): "
             print(line + outcome.status + (f" -- {outcome.message}" if outcome.message else ""), file=out)
             if "plan" in entry:
                 _plan_table(entry["plan"], out)
@@ -232,6 +230,61 @@ def _unlink(args: argparse.Namespace, out: TextIO) -> int:
             file=out,
         )
     return EXIT_OK
+
+
+def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .app import get_engine
+    from .audit import run_audit
+
+    engine = get_engine()
+    bar = None
+    if not args.json and err.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="group", desc="auditing", file=err, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = max(total, done)
+            bar.update(done - bar.n)
+
+    try:
+        report = run_audit(engine, dry_run=args.dry_run, store=not args.dry_run, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2), file=out)
+    else:
+        _findings_table(report, out)
+    return EXIT_CHANGES if report.drift_remains else EXIT_OK
+
+
+def _findings_table(report: Any, out: TextIO) -> None:
+    summary = report.summary()
+    rows = []
+    for f in report.findings:
+        where = "/".join(str(p) for p in (f.organization, f.project, f.group) if p) or f.vault or ""
+        detail = ("repaired: " if f.repaired else "") + f.message
+        rows.append((f.severity, f.kind, where, f.secret or "", detail))
+    if rows:
+        header = ("SEVERITY", "FINDING", "GROUP", "SECRET")
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+        print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + "  DETAIL", file=out)
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4], file=out)
+    else:
+        print("no findings", file=out)
+    for what in summary["unreached"]:
+        print(f"not reached: {what}", file=out)
+    groups, names, counts = summary["groups"], summary["names"], summary["findingsBySeverity"]
+    print(
+        f"{'dry run: ' if summary['dryRun'] else ''}{groups['linked']} linked and {groups['discovered']} "
+        f"discovered groups over {summary['vaults']} vaults; {groups['changed']} changed "
+        f"(+{names['added']} -{names['removed']}); findings: {counts['error']} errors, "
+        f"{counts['warning']} warnings, {counts['info']} info; {summary['durationSeconds']}s",
+        file=out,
+    )
 
 
 # -- output ------------------------------------------------------------------------------------

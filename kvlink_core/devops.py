@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import threading
 import time
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -87,9 +89,12 @@ class VariableGroup:
     def projects(self) -> list[dict[str, str]]:
         """The ``projectReference`` of every project the group is shared with."""
         refs = self.raw.get("variableGroupProjectReferences") or []
-        return [
-            dict(r["projectReference"]) for r in refs if isinstance(r, Mapping) and r.get("projectReference")
-        ]
+        return [dict(r["projectReference"]) for r in refs if isinstance(r, Mapping) and r.get("projectReference")]
+
+    @property
+    def modified_on(self) -> datetime | None:
+        """When Azure DevOps last saw the group change (its own clock)."""
+        return parse_time(self.raw.get("modifiedOn"))
 
     def parameters(self, variables: Mapping[str, Any]) -> dict[str, Any]:
         """The PUT body: everything as read, with new variables. Fields kvlink does not own stay."""
@@ -145,6 +150,8 @@ class DevOps:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._settings = settings
+        # Every caller in the process shares this bound: Azure DevOps rates per identity.
+        self._slots = threading.BoundedSemaphore(settings.devops_concurrency)
         self._attempts = attempts
         self._retry_timeout = retry_timeout
         self._wait_initial = wait_initial
@@ -167,9 +174,7 @@ class DevOps:
     # -- variable groups -------------------------------------------------------------
     def get_group(self, organization: str, project: str, group_id: int) -> VariableGroup | None:
         """One group, read through a project it is shared with; None when it is not there."""
-        url = (
-            f"{self._project_url(organization, project)}/_apis/distributedtask/variablegroups/{int(group_id)}"
-        )
+        url = f"{self._project_url(organization, project)}/_apis/distributedtask/variablegroups/{int(group_id)}"
         body = self._request("GET", url, organization=organization, missing_ok=True)
         if not body:  # Azure DevOps answers a group the project cannot see with 200 and `null`
             return None
@@ -195,9 +200,7 @@ class DevOps:
             if not token or not values:
                 return
 
-    def update_group(
-        self, organization: str, group: VariableGroup, variables: Mapping[str, Any]
-    ) -> VariableGroup:
+    def update_group(self, organization: str, group: VariableGroup, variables: Mapping[str, Any]) -> VariableGroup:
         """Replace the group's variables; every other field is sent back as it was read."""
         url = f"{self._org_url(organization)}/_apis/distributedtask/variablegroups/{group.id}"
         body = self._request("PUT", url, organization=organization, json=group.parameters(variables))
@@ -210,13 +213,35 @@ class DevOps:
         return VariableGroup(body or {})
 
     # -- projects and service connections ------------------------------------------------
+    def list_projects(self, organization: str, *, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every project of the organization, page by page."""
+        url = f"{self._org_url(organization)}/_apis/projects"
+        params: dict[str, Any] = {"$top": page_size}
+        while True:
+            response = self._send("GET", url, organization=organization, params=params)
+            assert response is not None
+            values = _json(response, organization).get("value") or []
+            yield from values
+            token = response.headers.get("x-ms-continuationtoken")
+            if not token or not values:
+                return
+            params["continuationToken"] = token
+
+    def get_service_endpoints(self, organization: str, project: str, ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Service connections by id, failed (not ready) ones included."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        url = f"{self._project_url(organization, project)}/_apis/serviceendpoint/endpoints"
+        params = {"endpointIds": ",".join(wanted), "includeFailed": "true"}
+        body = self._request("GET", url, organization=organization, params=params)
+        return list((body or {}).get("value") or [])
+
     def get_project(self, organization: str, project: str) -> dict[str, Any] | None:
         url = f"{self._org_url(organization)}/_apis/projects/{quote(project, safe='')}"
         return self._request("GET", url, organization=organization, missing_ok=True)
 
-    def get_service_endpoint(
-        self, organization: str, project: str, endpoint_id: str
-    ) -> dict[str, Any] | None:
+    def get_service_endpoint(self, organization: str, project: str, endpoint_id: str) -> dict[str, Any] | None:
         base = self._project_url(organization, project)
         url = f"{base}/_apis/serviceendpoint/endpoints/{quote(endpoint_id, safe='')}"
         return self._request("GET", url, organization=organization, missing_ok=True) or None
@@ -224,9 +249,7 @@ class DevOps:
     def find_service_endpoint(self, organization: str, project: str, name: str) -> dict[str, Any] | None:
         url = f"{self._project_url(organization, project)}/_apis/serviceendpoint/endpoints"
         body = self._request("GET", url, organization=organization, params={"endpointNames": name})
-        matches = [
-            e for e in (body or {}).get("value") or [] if str(e.get("name", "")).lower() == name.lower()
-        ]
+        matches = [e for e in (body or {}).get("value") or [] if str(e.get("name", "")).lower() == name.lower()]
         return matches[0] if matches else None
 
     # -- plumbing ----------------------------------------------------------------------
@@ -263,7 +286,7 @@ class DevOps:
                 wait_initial=self._wait_initial,
                 wait_max=self._wait_max,
             ):
-                with attempt:
+                with attempt, self._slots:
                     self._respect_pause()
                     response = self._http.request(method, url, params=query, json=json)
                     if response.status_code in _RETRYABLE:
@@ -306,9 +329,7 @@ class DevOps:
         # Azure DevOps may send Retry-After on a 200 when it starts delaying an identity.
         retry_after = _retry_after(response)
         if retry_after:
-            self._pause_until = max(
-                self._pause_until, time.monotonic() + min(retry_after, self._max_retry_after)
-            )
+            self._pause_until = max(self._pause_until, time.monotonic() + min(retry_after, self._max_retry_after))
 
     def _check(
         self, response: httpx.Response, method: str, organization: str, *, missing_ok: bool
@@ -333,9 +354,7 @@ class DevOps:
                 f"Azure DevOps ({organization}) refused {method}: {message} -- kvlink's identity needs the "
                 "Administrator role on the project's Library (or on the variable group)",
             )
-        raise UpstreamError(
-            "devops", status, f"Azure DevOps ({organization}) answered HTTP {status}: {message}"
-        )
+        raise UpstreamError("devops", status, f"Azure DevOps ({organization}) answered HTTP {status}: {message}")
 
 
 def _json(response: httpx.Response, organization: str, *, allow_null: bool = False) -> dict[str, Any]:
@@ -349,15 +368,11 @@ def _json(response: httpx.Response, organization: str, *, allow_null: bool = Fal
     try:
         body = response.json()
     except ValueError as err:
-        raise UpstreamError(
-            "devops", response.status_code, f"Azure DevOps ({organization}) sent invalid JSON"
-        ) from err
+        raise UpstreamError("devops", response.status_code, f"Azure DevOps ({organization}) sent invalid JSON") from err
     if body is None and allow_null:
         return {}
     if not isinstance(body, dict):
-        raise UpstreamError(
-            "devops", response.status_code, f"Azure DevOps ({organization}) sent an unexpected body"
-        )
+        raise UpstreamError("devops", response.status_code, f"Azure DevOps ({organization}) sent an unexpected body")
     return body
 
 
@@ -369,6 +384,18 @@ def _error_message(response: httpx.Response) -> str:
     if isinstance(body, dict) and body.get("message"):
         return str(body["message"])[:500]
     return response.reason_phrase or "no details"
+
+
+def parse_time(value: Any) -> datetime | None:
+    """Azure DevOps timestamps: ISO 8601 with up to 7 fraction digits (and trailing zeros dropped)."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = re.sub(r"(\.\d{6})\d+", r"\1", value.strip().replace("Z", "+00:00"))
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -76,9 +76,7 @@ def parse_event(envelope: Mapping[str, Any]) -> SecretEvent:
     if kind in OTHER_EVENTS:
         raise UnwantedEventError(f"event {event_id}: {kind} is not about a secret", event_id=event_id)
     if kind not in SECRET_EVENTS:
-        raise UnwantedEventError(
-            f"event {event_id}: unknown Key Vault event type {kind!r}", event_id=event_id
-        )
+        raise UnwantedEventError(f"event {event_id}: unknown Key Vault event type {kind!r}", event_id=event_id)
 
     match = _VAULT_ID.match(_text(source) or "")
     if not match:

@@ -55,6 +55,8 @@ class KeyVault:
         }
         self._clients: dict[str, SecretClient] = {}
         self._lock = threading.Lock()
+        # Listings in flight at once, across the process (KVLINK_VAULT_CONCURRENCY).
+        self._slots = threading.BoundedSemaphore(settings.vault_concurrency)
 
     def list_secrets(self, vault: str) -> dict[str, SecretState]:
         """Every secret's current properties, keyed by lower-cased name.
@@ -71,7 +73,8 @@ class KeyVault:
                 states[state.key] = state
             return states
 
-        return _translate(vault, "list the secrets of", listing)
+        with self._slots:
+            return _translate(vault, "list the secrets of", listing)
 
     def secret_state(self, vault: str, name: str, *, version_hint: str | None = None) -> SecretState:
         """One secret's current version, from its version list (never its value).
@@ -101,7 +104,8 @@ class KeyVault:
             )
             return _state(current, name=name)
 
-        return _translate(vault, f"read the versions of secret {name!r} in", newest)
+        with self._slots:
+            return _translate(vault, f"read the versions of secret {name!r} in", newest)
 
     def secret_states(
         self, vault: str, names: Iterable[str], *, version_hints: Mapping[str, str] | None = None
@@ -112,9 +116,7 @@ class KeyVault:
             listing = self.list_secrets(vault)
             return {key: listing.get(key) or SecretState.missing(name) for key, name in wanted.items()}
         hints = {k.lower(): v for k, v in (version_hints or {}).items()}
-        return {
-            key: self.secret_state(vault, name, version_hint=hints.get(key)) for key, name in wanted.items()
-        }
+        return {key: self.secret_state(vault, name, version_hint=hints.get(key)) for key, name in wanted.items()}
 
     def close(self) -> None:
         with self._lock:
@@ -148,7 +150,7 @@ def _state(props: SecretProperties, *, name: str | None = None) -> SecretState:
 
 
 def _translate(vault: str, action: str, call: Callable[[], T]) -> T:
-    """Run a Key Vault call and turn its failures into kvlink's errors."""
+    """Turn a Key Vault call's failures into kvlink's errors."""
     from azure.core.exceptions import (
         ClientAuthenticationError,
         HttpResponseError,
@@ -187,9 +189,7 @@ def _translate(vault: str, action: str, call: Callable[[], T]) -> T:
                 system="keyvault",
                 status=status,
             ) from err
-        raise UpstreamError(
-            "keyvault", status, f"vault {vault!r} answered HTTP {status} to {action}"
-        ) from err
+        raise UpstreamError("keyvault", status, f"vault {vault!r} answered HTTP {status} to {action}") from err
 
 
 def _status(err: Any) -> int | None:

@@ -21,7 +21,7 @@ from .errors import RequestError, UpstreamError
 from .model import GroupKey, Link, Policy
 from .names import check_group_name, check_organization, check_project, check_vault
 from .plan import Plan, apply_plan, plan_group
-from .registry import Observation
+from .registry import Observation, write_marker
 from .sync import GroupOutcome
 
 if TYPE_CHECKING:
@@ -118,9 +118,7 @@ class SyncRequest:
         organization = _organization(fields, settings)
         project = _name(fields, "project", check_project)
         group_id = parse_group_id(fields.get("groupId"))
-        return cls(
-            group=GroupKey(organization.lower(), group_id), project=project, dry_run=dry_run, force=force
-        )
+        return cls(group=GroupKey(organization.lower(), group_id), project=project, dry_run=dry_run, force=force)
 
 
 # -- results -------------------------------------------------------------------------------
@@ -199,12 +197,12 @@ def outcome_json(outcome: GroupOutcome) -> dict[str, Any]:
 
 
 # -- operations ----------------------------------------------------------------------------
-def link_group(engine: Engine, request: LinkRequest) -> LinkResult:
+def link_group(engine: Engine, request: LinkRequest, *, origin: str = "api") -> LinkResult:
     """Create or adopt the group, register the link, and bring the group in step."""
     dry_run = request.dry_run or engine.settings.mode == "report"
     existing = _find_group(engine, request)
     if existing is None:
-        return _create(engine, request, dry_run=dry_run)
+        return _create(engine, request, dry_run=dry_run, origin=origin)
     if not existing.is_key_vault:
         raise RequestError(
             409,
@@ -229,26 +227,22 @@ def link_group(engine: Engine, request: LinkRequest) -> LinkResult:
         policy=request.policy,
     )
     previous = engine.registry.find_link(link.key)
-    outcome = _sync_links(engine, [link], force=request.force, dry_run=dry_run)[0]
+    outcome = _sync_links(engine, [link], force=request.force, dry_run=dry_run, origin=origin)[0]
     if outcome.status == "refused":
         assert outcome.plan is not None
         raise RequestError(
             409, "MassRemovalRefused", outcome.message or "refused", details={"plan": outcome.plan.as_dict()}
         )
     if outcome.status in ("group-missing", "not-key-vault", "vault-changed"):
-        raise RequestError(
-            409, "GroupChanged", f"the group changed while kvlink linked it: {outcome.message}"
-        )
+        raise RequestError(409, "GroupChanged", f"the group changed while kvlink linked it: {outcome.message}")
     plan = outcome.plan or Plan()
     if not dry_run:
         engine.registry.save_link(link, previous=previous)
         logger.info("Linked group %s (%s) to vault %s", link.group_name, link.key, link.vault)
-    return LinkResult(
-        link, plan, applied=outcome.status == "applied", changed=previous != link or plan.changed
-    )
+    return LinkResult(link, plan, applied=outcome.status == "applied", changed=previous != link or plan.changed)
 
 
-def _create(engine: Engine, request: LinkRequest, *, dry_run: bool) -> LinkResult:
+def _create(engine: Engine, request: LinkRequest, *, dry_run: bool, origin: str) -> LinkResult:
     if not request.service_connection:
         raise _bad(
             "serviceConnection",
@@ -258,9 +252,7 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool) -> LinkResul
     devops = engine.devops
     project = devops.get_project(request.organization, request.project)
     if project is None:
-        raise RequestError(
-            404, "ProjectNotFound", f"project {request.project!r} was not found", field="project"
-        )
+        raise RequestError(404, "ProjectNotFound", f"project {request.project!r} was not found", field="project")
     endpoint = _find_endpoint(engine, request)
     started = time.time_ns()
     listing = engine.keyvault.list_secrets(request.vault)
@@ -290,9 +282,7 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool) -> LinkResul
         "type": KEY_VAULT_TYPE,
         "providerData": {"serviceEndpointId": str(endpoint["id"]), "vault": request.vault.lower()},
         "variables": apply_plan({}, plan),
-        "variableGroupProjectReferences": [
-            {"name": request.group, "description": "", "projectReference": reference}
-        ],
+        "variableGroupProjectReferences": [{"name": request.group, "description": "", "projectReference": reference}],
     }
     try:
         created = devops.create_group(request.organization, body)
@@ -313,7 +303,9 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool) -> LinkResul
         request.vault.lower(),
         request.policy,
     )
-    engine.registry.save_link(link, previous=None)  # a new group id has no link yet
+    marker = write_marker(modified_on=created.modified_on, origin=origin, summary=f"created +{len(plan.add)}")
+    engine.registry.save_link(link, previous=None, written=marker)  # a new group id has no link yet
+    engine.notifier.group_updated(link, plan, origin=origin)
     logger.info(
         "Created group %s (%s) with %d names from vault %s (listed at %d)",
         link.group_name,
@@ -325,22 +317,20 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool) -> LinkResul
     return LinkResult(link, plan, applied=True, created=True, changed=True)
 
 
-def sync(engine: Engine, request: SyncRequest) -> SyncResult:
+def sync(engine: Engine, request: SyncRequest, *, origin: str = "api") -> SyncResult:
     """Reconcile whole groups: every group linked to a vault, or one group."""
     dry_run = request.dry_run or engine.settings.mode == "report"
     if request.vault:
         links = engine.registry.links_for_vault(request.vault)
         if not links:
-            raise RequestError(
-                404, "NoLinks", f"no group is linked to vault {request.vault!r}", field="vault"
-            )
+            raise RequestError(404, "NoLinks", f"no group is linked to vault {request.vault!r}", field="vault")
     else:
         assert request.group is not None
         found = engine.registry.find_link(request.group)
         if found is None or (request.project and found.project.lower() != request.project.lower()):
             raise RequestError(404, "LinkNotFound", f"group {request.group} is not linked", field="groupId")
         links = [found]
-    outcomes = _sync_links(engine, links, force=request.force, dry_run=dry_run)
+    outcomes = _sync_links(engine, links, force=request.force, dry_run=dry_run, origin=origin)
     return SyncResult(tuple(sorted({link.vault for link in links})), tuple(outcomes), dry_run)
 
 
@@ -363,16 +353,14 @@ def unlink(engine: Engine, organization: str, project: str, group_id: str | int)
     key = GroupKey(organization.lower(), parse_group_id(group_id))
     link = engine.registry.find_link(key)
     if link is None or link.project.lower() != project.lower():
-        raise RequestError(
-            404, "LinkNotFound", f"group {key} is not linked in project {project!r}", field="groupId"
-        )
+        raise RequestError(404, "LinkNotFound", f"group {key} is not linked in project {project!r}", field="groupId")
     engine.registry.delete_link(key)
     logger.info("Unlinked group %s (%s); the group itself is unchanged", link.group_name, key)
     return link
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _sync_links(engine: Engine, links: list[Link], *, force: bool, dry_run: bool) -> list[GroupOutcome]:
+def _sync_links(engine: Engine, links: list[Link], *, force: bool, dry_run: bool, origin: str) -> list[GroupOutcome]:
     """Each vault listed once, however many of the groups link to it; each group written under its lease."""
     outcomes: list[GroupOutcome] = []
     by_vault: dict[str, list[Link]] = {}
@@ -385,7 +373,7 @@ def _sync_links(engine: Engine, links: list[Link], *, force: bool, dry_run: bool
         outcomes += engine.for_each(
             vault_links,
             lambda link, obs=observations: engine.write_group(
-                link, obs, complete=True, force=force, dry_run=dry_run
+                link, obs, complete=True, force=force, dry_run=dry_run, origin=origin
             ),
             origin=f"sync of vault {vault}",
             collect_failures=len(links) > 1,
@@ -480,9 +468,7 @@ def _organization(fields: Mapping[str, Any], settings: Settings) -> str:
 def _vault(fields: Mapping[str, Any], settings: Settings) -> str:
     vault = _name(fields, "vault", check_vault)
     if not settings.vault_allowed(vault):
-        raise RequestError(
-            403, "VaultNotAllowed", f"vault {vault!r} is not in KVLINK_ALLOWED_VAULTS", field="vault"
-        )
+        raise RequestError(403, "VaultNotAllowed", f"vault {vault!r} is not in KVLINK_ALLOWED_VAULTS", field="vault")
     return vault.lower()
 
 
@@ -516,16 +502,12 @@ def _patterns(fields: Mapping[str, Any], name: str, *, default: list[str]) -> li
 def _tags(fields: Mapping[str, Any]) -> tuple[tuple[str, str | None], ...]:
     value = fields.get("tags") or {}
     if not isinstance(value, Mapping):
-        raise _bad(
-            "tags", 'tags must be an object of required tag values, e.g. {"env": "prod", "team": null}'
-        )
+        raise _bad("tags", 'tags must be an object of required tag values, e.g. {"env": "prod", "team": null}')
     if len(value) > 15:
         raise _bad("tags", "tags may require at most 15 tags (a secret has at most 15)")
     for key, tag in value.items():
         if not key or len(key) > 256 or (tag is not None and (not isinstance(tag, str) or len(tag) > 256)):
-            raise _bad(
-                "tags", f"tag {key!r} must map to a string of at most 256 characters, or null for any value"
-            )
+            raise _bad("tags", f"tag {key!r} must map to a string of at most 256 characters, or null for any value")
     return tuple(sorted((str(k), v) for k, v in value.items()))
 
 
@@ -552,10 +534,6 @@ def parse_group_id(value: Any) -> int:
         number = int(value)
     except ValueError:
         raise _bad("groupId", f"groupId {value!r} is not a number") from None
-    if (
-        number <= 0
-        or number > 2**31 - 1
-        or (isinstance(value, str) and not (value.isascii() and value.isdigit()))
-    ):
+    if number <= 0 or number > 2**31 - 1 or (isinstance(value, str) and not (value.isascii() and value.isdigit())):
         raise _bad("groupId", f"groupId {value!r} is not a positive integer")
     return number

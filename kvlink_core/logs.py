@@ -117,9 +117,7 @@ def _status(value: Any) -> int | None:
         return None
 
 
-def _target(
-    record: Mapping[str, Any], props: Mapping[str, Any], operation: str
-) -> tuple[str | None, str | None]:
+def _target(record: Mapping[str, Any], props: Mapping[str, Any], operation: str) -> tuple[str | None, str | None]:
     """Vault from resourceId (upper-cased in real logs) or the object's host; secret from the URIs."""
     vault = None
     match = _VAULT_ID.search(str(record.get("resourceid") or ""))

@@ -41,6 +41,8 @@ LINKS_TABLE = "kvlinklinks"
 LEASES_TABLE = "kvlinkleases"
 PENDING_TABLE = "kvlinkpending"
 WORK_TABLE = "kvlinkvaultwork"
+AUDIT_TABLE = "kvlinkaudit"
+KEEP_RUNS = 30
 _BATCH = 100  # entities per Table transaction
 _LOOK_UP = object()  # save_link: find the previous link first
 
@@ -72,6 +74,7 @@ class WorkRow:
     vault: str
     name: str
     etag: str
+    queued_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +126,17 @@ class Registry:
             found = list(table.query_entities("RowKey eq @rk", parameters={"rk": _group_row(key)}))
         return _link_from(found[0]) if found else None
 
-    def save_link(self, link: Link, *, previous: Link | object | None = _LOOK_UP) -> None:
+    def save_link(
+        self,
+        link: Link,
+        *,
+        previous: Link | object | None = _LOOK_UP,
+        written: Mapping[str, Any] | None = None,
+    ) -> None:
         """Create or replace a link; a group links to one vault, so an older link moves.
 
-        Callers that already looked the link up (or just created the group) pass ``previous``.
+        Callers that already looked the link up (or just created the group) pass ``previous``;
+        a caller that just wrote the group passes the write marker (see :meth:`note_write`).
         """
         from azure.data.tables import UpdateMode
 
@@ -134,7 +144,8 @@ class Registry:
         if previous is _LOOK_UP:
             previous = self.find_link(link.key)
         with _storage("save link"):
-            table.upsert_entity(_link_entity(link), mode=UpdateMode.REPLACE)
+            # MERGE keeps the write marker (WrittenOn, LastChange*) of a link whose policy changes.
+            table.upsert_entity({**_link_entity(link), **(written or {})}, mode=UpdateMode.MERGE)
             if isinstance(previous, Link) and previous.vault != link.vault.lower():
                 table.delete_entity(previous.vault, _group_row(link.key))
 
@@ -146,6 +157,37 @@ class Registry:
         with _storage("delete link"):
             table.delete_entity(link.vault, _group_row(key))
         return True
+
+    def note_write(self, link: Link, *, modified_on: datetime | None, origin: str, summary: str) -> None:
+        """Record kvlink's last write of the group: Azure DevOps' modifiedOn after it, who, what.
+
+        The audit plans from its group listing and compares that listing's modifiedOn with
+        this marker under the lease: if kvlink wrote the group after the listing, it re-reads.
+        """
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        entity = {
+            "PartitionKey": link.vault.lower(),
+            "RowKey": _group_row(link.key),
+            **write_marker(modified_on=modified_on, origin=origin, summary=summary),
+        }
+        table = self._table(LINKS_TABLE)
+        with _storage("note write"), contextlib.suppress(ResourceNotFoundError):
+            table.update_entity(entity, mode=UpdateMode.MERGE)  # the link may be gone: nothing to note
+
+    def written_on(self, link: Link) -> datetime | None:
+        """Azure DevOps' modifiedOn after kvlink's last write of the group, if kvlink ever wrote it."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        table = self._table(LINKS_TABLE)
+        try:
+            with _storage("read write marker"):
+                entity = table.get_entity(link.vault.lower(), _group_row(link.key), select=["WrittenOn"])
+        except ResourceNotFoundError:
+            return None
+        value = entity.get("WrittenOn")
+        return _as_utc(value) if value else None
 
     # -- leases --------------------------------------------------------------------
     def try_acquire(self, key: GroupKey) -> Lease | None:
@@ -307,6 +349,70 @@ class Registry:
         wanted = set(row_keys)
         return any(row.row_key in wanted for row in self.pending(key))
 
+    # -- audit reports ---------------------------------------------------------------------
+    def save_report(self, summary: Mapping[str, Any], findings: list[Mapping[str, Any]]) -> str:
+        """Store one audit run (summary + findings) and keep only the newest runs."""
+        table = self._table(AUDIT_TABLE)
+        run = _run_key(datetime.now(UTC))
+        rows = [
+            {"PartitionKey": f"findings|{run}", "RowKey": f"{i:06d}", "Finding": json.dumps(f)}
+            for i, f in enumerate(findings)
+        ]
+        with _storage("save audit findings"):
+            for start in range(0, len(rows), _BATCH):
+                table.submit_transaction([("create", e) for e in rows[start : start + _BATCH]])
+        with _storage("save audit summary"):
+            table.create_entity(
+                {"PartitionKey": "run", "RowKey": run, "Summary": json.dumps(summary), "Findings": len(rows)}
+            )
+        self._prune_reports(table)
+        return run
+
+    def latest_report(self) -> dict[str, Any] | None:
+        """The newest run's summary and findings, or None before the first audit."""
+        runs = self.report_history(limit=1)
+        if not runs:
+            return None
+        run = runs[0]
+        table = self._table(AUDIT_TABLE)
+        with _storage("read audit findings"):
+            findings = [
+                json.loads(e["Finding"])
+                for e in table.query_entities("PartitionKey eq @pk", parameters={"pk": f"findings|{run['run']}"})
+            ]
+        return {**run, "findings": findings}
+
+    def report_history(self, *, limit: int = KEEP_RUNS) -> list[dict[str, Any]]:
+        """Summaries of the newest runs, newest first."""
+        table = self._table(AUDIT_TABLE)
+        with _storage("read audit runs"):
+            entities = table.query_entities("PartitionKey eq 'run'", results_per_page=limit)
+            runs = []
+            for entity in entities:
+                runs.append({"run": entity["RowKey"], **json.loads(entity["Summary"])})
+                if len(runs) >= limit:
+                    break
+        return runs
+
+    def _prune_reports(self, table: TableClient) -> None:
+        with _storage("prune audit runs"):
+            old = [e["RowKey"] for e in table.query_entities("PartitionKey eq 'run'", select=["RowKey"])][KEEP_RUNS:]
+            for run in old:
+                findings = table.query_entities(
+                    "PartitionKey eq @pk",
+                    parameters={"pk": f"findings|{run}"},
+                    select=["PartitionKey", "RowKey"],
+                )
+                keys = [e["RowKey"] for e in findings]
+                for start in range(0, len(keys), _BATCH):
+                    table.submit_transaction(
+                        [
+                            ("delete", {"PartitionKey": f"findings|{run}", "RowKey": k})
+                            for k in keys[start : start + _BATCH]
+                        ]
+                    )
+                table.delete_entity("run", run)
+
     # -- vault work (diagnostic-log path) -------------------------------------------------
     def add_vault_work(self, vault: str, names: Iterable[str]) -> None:
         """Remember that these secrets need a decision, before acting: Event Hubs checkpoints the
@@ -334,7 +440,13 @@ class Registry:
         work: dict[str, list[WorkRow]] = {}
         with _storage("read vault work"):
             for entity in table.list_entities():
-                row = WorkRow(entity["PartitionKey"], str(entity["Name"]), str(entity.metadata["etag"]))
+                queued = entity.get("QueuedAt")
+                row = WorkRow(
+                    entity["PartitionKey"],
+                    str(entity["Name"]),
+                    str(entity.metadata["etag"]),
+                    _as_utc(queued) if queued else None,
+                )
                 work.setdefault(row.vault, []).append(row)
         return work
 
@@ -371,15 +483,11 @@ class Registry:
             storage = self._settings.storage
             options: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.4, **self._client_options}
             if storage.connection_string:
-                self._service = TableServiceClient.from_connection_string(
-                    storage.connection_string, **options
-                )
+                self._service = TableServiceClient.from_connection_string(storage.connection_string, **options)
             else:
                 assert storage.table_endpoint is not None
                 assert self._credential is not None
-                self._service = TableServiceClient(
-                    storage.table_endpoint, credential=self._credential, **options
-                )
+                self._service = TableServiceClient(storage.table_endpoint, credential=self._credential, **options)
         return self._service
 
     def close(self) -> None:
@@ -400,9 +508,7 @@ def _storage(action: str) -> Iterator[None]:
     try:
         yield
     except (ServiceRequestError, ServiceResponseError) as err:
-        raise TransientError(
-            f"Table storage unavailable ({action}): {type(err).__name__}", system="storage"
-        ) from err
+        raise TransientError(f"Table storage unavailable ({action}): {type(err).__name__}", system="storage") from err
     except HttpResponseError as err:
         status = getattr(err, "status_code", None)
         if status is not None and (status in (408, 429) or status >= 500):
@@ -410,6 +516,23 @@ def _storage(action: str) -> Iterator[None]:
                 f"Table storage answered HTTP {status} ({action})", system="storage", status=status
             ) from err
         raise
+
+
+def write_marker(*, modified_on: datetime | None, origin: str, summary: str) -> dict[str, Any]:
+    """The fields recording kvlink's last write of a group (kept in its link entity)."""
+    marker: dict[str, Any] = {
+        "LastChangeAt": datetime.now(UTC),
+        "LastChangeBy": origin,
+        "LastChange": summary,
+    }
+    if modified_on is not None:
+        marker["WrittenOn"] = modified_on
+    return marker
+
+
+def _run_key(moment: datetime) -> str:
+    """Row keys sort ascending, so newer runs get smaller keys: newest first in every query."""
+    return f"{10**13 - int(moment.timestamp() * 1000):013d}-{uuid.uuid4().hex[:6]}"
 
 
 def _group_row(key: GroupKey) -> str:

@@ -14,7 +14,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .names import check_organization, check_vault
+from .names import check_organization, check_project, check_vault
 
 DEFAULT_DEVOPS_URL = "https://dev.azure.com"
 DEFAULT_VAULT_URL = "https://{vault}.vault.azure.net"
@@ -45,6 +45,11 @@ class Settings:
     emulator: bool = False
     max_removal_fraction: float = 0.5
     unlinked_groups: Literal["prune", "ignore"] = "prune"
+    devops_projects: tuple[tuple[str, str], ...] = ()  # (org, project); empty = every project
+    expiry_warning_days: int = 30
+    vault_concurrency: int = 32
+    devops_concurrency: int = 4
+    notify_topic_endpoint: str | None = None
     running_in_azure: bool = False
 
     @classmethod
@@ -98,6 +103,35 @@ class Settings:
         if unlinked not in ("prune", "ignore"):
             problems.append(f"KVLINK_UNLINKED_GROUPS must be 'prune' or 'ignore', not {unlinked!r}")
 
+        projects = _projects(get("KVLINK_DEVOPS_PROJECTS"), orgs, problems)
+        warning_days = _integer(
+            get("KVLINK_EXPIRY_WARNING_DAYS"),
+            "KVLINK_EXPIRY_WARNING_DAYS",
+            default=30,
+            low=0,
+            high=3650,
+            problems=problems,
+        )
+        vault_concurrency = _integer(
+            get("KVLINK_VAULT_CONCURRENCY"),
+            "KVLINK_VAULT_CONCURRENCY",
+            default=32,
+            low=1,
+            high=256,
+            problems=problems,
+        )
+        devops_concurrency = _integer(
+            get("KVLINK_DEVOPS_CONCURRENCY"),
+            "KVLINK_DEVOPS_CONCURRENCY",
+            default=4,
+            low=1,
+            high=64,
+            problems=problems,
+        )
+        notify = get("KVLINK_NOTIFY_TOPIC_ENDPOINT")
+        if notify:
+            problems += _check_url("KVLINK_NOTIFY_TOPIC_ENDPOINT", notify, template=False)
+
         storage = _storage(env, problems)
         if problems:
             raise ConfigError(problems)
@@ -114,6 +148,11 @@ class Settings:
             emulator=emulator,
             max_removal_fraction=fraction,
             unlinked_groups="ignore" if unlinked == "ignore" else "prune",
+            devops_projects=projects,
+            expiry_warning_days=warning_days,
+            vault_concurrency=vault_concurrency,
+            devops_concurrency=devops_concurrency,
+            notify_topic_endpoint=notify,
             running_in_azure=running_in_azure,
         )
 
@@ -163,6 +202,37 @@ def _fraction(value: str | None, problems: list[str]) -> float:
         problems.append(f"KVLINK_MAX_REMOVAL_FRACTION must be a number from 0 to 1, not {value!r}")
         return 0.5
     return fraction
+
+
+def _integer(value: str | None, name: str, *, default: int, low: int, high: int, problems: list[str]) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = low - 1
+    if not low <= number <= high:
+        problems.append(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+        return default
+    return number
+
+
+def _projects(value: str | None, orgs: list[str], problems: list[str]) -> tuple[tuple[str, str], ...]:
+    """``org/project,...``: the projects the audit scans; every project of every org when unset."""
+    projects = []
+    known = {o.lower() for o in orgs}
+    for entry in _split(value):
+        org, sep, project = entry.partition("/")
+        if not sep or not org or not project:
+            problems.append(f"KVLINK_DEVOPS_PROJECTS: {entry!r} is not org/project")
+            continue
+        if org.lower() not in known:
+            problems.append(f"KVLINK_DEVOPS_PROJECTS: organization {org!r} is not in KVLINK_DEVOPS_ORGS")
+        elif problem := check_project(project):
+            problems.append(f"KVLINK_DEVOPS_PROJECTS: {problem}")
+        else:
+            projects.append((org, project))
+    return tuple(projects)
 
 
 def _check_url(name: str, url: str, *, template: bool) -> list[str]:

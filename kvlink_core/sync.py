@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import (
@@ -28,12 +28,13 @@ from .errors import (
 )
 from .events import SecretEvent, parse_event
 from .logs import parse_log_batch
-from .model import Link, SecretState
+from .model import Link
+from .notify import Notifier
 from .plan import Desired, Plan, apply_plan, desired, plan_group, removal_refusal
 from .registry import Lease, Observation
 
 if TYPE_CHECKING:
-    from .devops import DevOps
+    from .devops import DevOps, VariableGroup
     from .keyvault import KeyVault
     from .registry import Registry
     from .settings import Settings
@@ -83,6 +84,7 @@ class _Round:
 
     observations: dict[str, Observation] = field(default_factory=dict)
     complete: bool = False
+    known: VariableGroup | None = None  # the group as a listing showed it (audit), to spare a read
 
     def merge(self, more: Iterable[Observation]) -> None:
         for obs in more:
@@ -103,11 +105,13 @@ class Engine:
         registry: Registry,
         max_wait: float | None = None,
         group_concurrency: int = 4,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.keyvault = keyvault
         self.devops = devops
         self.registry = registry
+        self.notifier = notifier or Notifier(settings, None)
         # A waiter gives up (and lets the event be redelivered) after two lease lifetimes.
         self.max_wait = max_wait if max_wait is not None else 2 * registry.lease_seconds
         self.group_concurrency = group_concurrency
@@ -116,6 +120,7 @@ class Engine:
         self.keyvault.close()
         self.devops.close()
         self.registry.close()
+        self.notifier.close()
 
     # -- Event Grid ------------------------------------------------------------------
     def handle_event(self, envelope: Mapping[str, Any]) -> EventResult:
@@ -133,9 +138,7 @@ class Engine:
             reason = f"event {event.event_id}: vault {event.vault!r} is not in KVLINK_ALLOWED_VAULTS"
             logger.warning("Ignored: %s", reason)
             return EventResult("ignored", event, reason=reason)
-        logger.info(
-            "Event %s: %s for secret %s in vault %s", event.event_id, event.kind, event.secret, event.vault
-        )
+        logger.info("Event %s: %s for secret %s in vault %s", event.event_id, event.kind, event.secret, event.vault)
         if event.kind == "SecretNearExpiry":
             return EventResult("processed", event, tuple(self._warn_near_expiry(event)))
         outcomes = self.sync_secrets(
@@ -161,8 +164,7 @@ class Engine:
                 event.vault,
                 when,
                 ", ".join(
-                    f"{link.organization}/{link.project}/{link.group_name} ({link.group_id})"
-                    for link in mapping
+                    f"{link.organization}/{link.project}/{link.group_name} ({link.group_id})" for link in mapping
                 ),
             )
         return [GroupOutcome(link, "unchanged", message="maps a secret near expiry") for link in mapping]
@@ -187,7 +189,7 @@ class Engine:
         for vault, rows in self.registry.vault_work().items():
             names = [row.name for row in rows]
             try:
-                outcomes += self.sync_secrets(vault, names, origin=f"audit log ({len(names)} secrets)")
+                outcomes += self.sync_secrets(vault, names, origin=f"audit log ({len(names)} secrets)", path="log")
             except TransientError as err:
                 logger.warning("Vault %s: %s; its %d secrets stay queued", vault, err, len(names))
                 failures.append(err)
@@ -207,9 +209,12 @@ class Engine:
         names: Iterable[str],
         *,
         origin: str,
+        path: str = "event",
         version_hints: Mapping[str, str] | None = None,
     ) -> list[GroupOutcome]:
-        """Bring every group linked to ``vault`` in step for the named secrets only."""
+        """Bring every group linked to ``vault`` in step for the named secrets only.
+
+        ``origin`` names the trigger in log lines; ``path`` (event, log) is recorded with writes."""
         links = self._links(vault)
         if not links:
             logger.info("%s: no group is linked to vault %s", origin, vault)
@@ -226,7 +231,9 @@ class Engine:
             )
         ]
         skipped = [GroupOutcome(link, "unchanged") for link in links if link not in work]
-        return skipped + self.for_each(work, lambda link: self.write_group(link, observations), origin=origin)
+        return skipped + self.for_each(
+            work, lambda link: self.write_group(link, observations, origin=path), origin=origin
+        )
 
     def _links(self, vault: str) -> list[Link]:
         links = self.registry.links_for_vault(vault)
@@ -266,21 +273,26 @@ class Engine:
         complete: bool = False,
         force: bool = False,
         dry_run: bool = False,
+        known: VariableGroup | None = None,
+        origin: str = "event",
     ) -> GroupOutcome:
-        """Apply what kvlink observed to one group, under its lease, coalescing with others."""
-        first = _Round(complete=complete)
+        """Apply what kvlink observed to one group, under its lease, coalescing with others.
+
+        ``origin`` (event, log, api, cli, audit) is recorded with each write and its notification.
+        """
+        first = _Round(complete=complete, known=known)
         first.merge(observations)
         if dry_run or self.settings.mode == "report":
-            return self._apply(link, first, force=force, write=False)
+            return self._apply(link, first, force=force, write=False, origin=origin)
         lease = self.registry.try_acquire(link.key)
         if lease is not None:
-            return self._hold(link, lease, first, force=force)
+            return self._hold(link, lease, first, force=force, origin=origin)
         if complete:
             # A whole-group sync reports its own plan, so it waits for its turn.
-            return self._hold(link, self._wait_for_lease(link), first, force=force)
-        return self._hand_off(link, first)
+            return self._hold(link, self._wait_for_lease(link), first, force=force, origin=origin)
+        return self._hand_off(link, first, origin=origin)
 
-    def _hold(self, link: Link, lease: Lease, first: _Round, *, force: bool) -> GroupOutcome:
+    def _hold(self, link: Link, lease: Lease, first: _Round, *, force: bool, origin: str) -> GroupOutcome:
         """Write as the lease holder, round after round, until nothing more is queued."""
         result: GroupOutcome | None = None
         current: _Round | None = first
@@ -292,7 +304,7 @@ class Engine:
                 work.merge(row.observation for row in rows)
                 if work.observations:
                     lease = self._keep_alive(lease)
-                    outcome = self._apply(link, work, force=force and work is first, write=True)
+                    outcome = self._apply(link, work, force=force and work is first, write=True, origin=origin)
                     result = outcome if work is first or result is None else result
                 if rows:
                     self.registry.remove_pending(link.key, rows)
@@ -312,7 +324,7 @@ class Engine:
             return self.registry.refresh(lease)
         return lease
 
-    def _hand_off(self, link: Link, work: _Round) -> GroupOutcome:
+    def _hand_off(self, link: Link, work: _Round, *, origin: str) -> GroupOutcome:
         """Queue the observations for the current holder and wait until they are written."""
         rows = self.registry.add_pending(link.key, work.observations.values())
         deadline = time.monotonic() + self.max_wait
@@ -321,7 +333,7 @@ class Engine:
             if not self.registry.poke(link.key):
                 lease = self.registry.try_acquire(link.key)
                 if lease is not None:
-                    return self._hold(link, lease, _Round(), force=False)
+                    return self._hold(link, lease, _Round(), force=False, origin=origin)
                 continue  # another waiter got it first: poke that one
             while time.monotonic() < deadline:
                 time.sleep(delay * (0.5 + random.random()))  # noqa: S311 -- jitter, not crypto
@@ -331,7 +343,7 @@ class Engine:
                     return GroupOutcome(link, "queued")
                 lease = self.registry.try_acquire(link.key)
                 if lease is not None:  # the holder finished or died: finish the queue ourselves
-                    return self._hold(link, lease, _Round(), force=False)
+                    return self._hold(link, lease, _Round(), force=False, origin=origin)
         raise LeaseBusyError(
             f"group {link.key} stayed locked for {self.max_wait:.0f}s; its changes stay queued",
             retry_after=self.registry.lease_seconds,
@@ -348,13 +360,11 @@ class Engine:
                 return lease
         raise LeaseBusyError(f"group {link.key} stayed locked for {self.max_wait:.0f}s", retry_after=5.0)
 
-    def _apply(self, link: Link, work: _Round, *, force: bool, write: bool) -> GroupOutcome:
+    def _apply(self, link: Link, work: _Round, *, force: bool, write: bool, origin: str) -> GroupOutcome:
         """Read the group, plan it, and write it if it changes. The only place groups are written."""
-        group = self.devops.get_group(link.organization, link.project, link.group_id)
+        group = self._current_group(link, work.known, write=write)
         if group is None:
-            logger.warning(
-                "Group %s (%s) no longer exists in project %s", link.group_name, link.key, link.project
-            )
+            logger.warning("Group %s (%s) no longer exists in project %s", link.group_name, link.key, link.project)
             return GroupOutcome(link, "group-missing", message="the group or its project is gone")
         if not group.is_key_vault:
             return GroupOutcome(link, "not-key-vault", message="the group is no longer linked to a key vault")
@@ -362,9 +372,8 @@ class Engine:
             return GroupOutcome(
                 link, "vault-changed", message=f"the group now maps vault {group.vault!r}, not {link.vault!r}"
             )
-        secrets: dict[str, SecretState] = {key: obs.state for key, obs in work.observations.items()}
         variables = group.variables
-        plan = plan_group(variables, secrets, link.policy, complete=work.complete, prune_only=link.prune_only)
+        plan = self._plan(link, group, work)
         if not plan.changed:
             return GroupOutcome(link, "unchanged", plan)
         refusal = None if force else removal_refusal(plan, len(variables), self.settings.max_removal_fraction)
@@ -388,12 +397,46 @@ class Engine:
                 list(plan.remove),
             )
             return GroupOutcome(link, "planned", plan)
-        self.devops.update_group(link.organization, group, variables_after)
+        updated = self.devops.update_group(link.organization, group, variables_after)
         logger.info(
-            "Group %s (%s): added %s, removed %s",
+            "Group %s (%s): added %s, removed %s (%s)",
             link.group_name,
             link.key,
             plan.added_names,
             list(plan.remove),
+            origin,
         )
+        summary = f"+{len(plan.add)} -{len(plan.remove)}"
+        self.registry.note_write(link, modified_on=updated.modified_on, origin=origin, summary=summary)
+        self.notifier.group_updated(link, plan, origin=origin)
         return GroupOutcome(link, "applied", plan)
+
+    def _plan(self, link: Link, group: VariableGroup, work: _Round) -> Plan:
+        """Plan the group; never remove a name just because a listing older than the group lacks it."""
+        secrets = {key: obs.state for key, obs in work.observations.items()}
+        plan = plan_group(group.variables, secrets, link.policy, complete=work.complete, prune_only=link.prune_only)
+        unlisted = [name for name in plan.remove if name.lower() not in secrets]
+        if not (work.complete and unlisted and work.observations):
+            return plan
+        listed_at = datetime.fromtimestamp(min(obs.at for obs in work.observations.values()) / 1e9, UTC)
+        modified = group.modified_on
+        # Azure DevOps' clock against ours: a generous margin, since a check costs one read per name.
+        if modified is not None and modified < listed_at - timedelta(minutes=5):
+            return plan
+        # The group changed after the listing began: an unlisted name may be a secret created since.
+        fresh = self.keyvault.secret_states(link.vault, unlisted)
+        work.merge(Observation(state) for state in fresh.values())
+        secrets = {key: obs.state for key, obs in work.observations.items()}
+        return plan_group(group.variables, secrets, link.policy, complete=work.complete, prune_only=link.prune_only)
+
+    def _current_group(self, link: Link, known: VariableGroup | None, *, write: bool) -> VariableGroup | None:
+        """The group to plan from. A listed group is used as is unless kvlink wrote it after the
+        listing (the write marker says so) -- the one way kvlink's own listing can be stale to it."""
+        if known is not None:
+            if not write:
+                return known
+            marker = self.registry.written_on(link)
+            listed = known.modified_on
+            if listed is not None and (marker is None or marker <= listed):
+                return known
+        return self.devops.get_group(link.organization, link.project, link.group_id)

@@ -181,9 +181,7 @@ class StandInServer:
     def count(self, method: str | None = None, path: str = ".*") -> int:
         with self._lock:
             return sum(
-                1
-                for c in self.calls
-                if (method is None or c.method == method) and re.search(path, c.path) is not None
+                1 for c in self.calls if (method is None or c.method == method) and re.search(path, c.path) is not None
             )
 
     # -- request handling ------------------------------------------------------------

@@ -72,6 +72,7 @@ def run(write: Callable[[str], None] = print) -> int:
 
 def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azurite) -> int:
     import azure.functions as func
+    from azure.functions.timer import TimerRequest
 
     import function_app
 
@@ -148,16 +149,29 @@ def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azuri
     out.line("db-password     delete attempt refused (403; the log still says resultType Success)")
     records = kv.drain_audit_log()
     bodies = envelopes(records, per_message=2)
-    out.line(
-        f"-> {len(records)} AuditEvent records in {len(bodies)} Event Hub messages, through on_vault_log"
-    )
+    out.line(f"-> {len(records)} AuditEvent records in {len(bodies)} Event Hub messages, through on_vault_log")
     before = set(_names(ado, group_id))
     function_app.on_vault_log([func.EventHubEvent(body=body) for body in bodies])
-    final = _names(ado, group_id)
-    delta = [f"-{n}" for n in sorted(before - set(final))] + [f"+{n}" for n in sorted(set(final) - before)]
+    after_log = _names(ado, group_id)
+    delta = [f"-{n}" for n in sorted(before - set(after_log))] + [f"+{n}" for n in sorted(set(after_log) - before)]
     out.line(f"group: {' '.join(delta) or 'no change'}")
 
-    out.step(6, f"group at the end: {final}")
+    out.step(6, "Someone edits the group by hand; then the nightly audit runs (nightly_audit, timer trigger):")
+    ado.edit_group(ORG, group_id, _hand_edit)
+    out.line("hand edit: maps 'retired-key' (no such secret in the vault) and drops 'storage-key'")
+    function_app.nightly_audit(TimerRequest(past_due=False))
+    report = json.loads(function_app.audit_latest(_get("audit/latest")).get_body())
+    for finding in report["findings"]:
+        state = "repaired" if finding["repaired"] else "open"
+        out.line(f"{finding['severity']:<8} {finding['kind']:<16} {finding['secret'] or '':<14} {state}")
+    names = report["names"]
+    out.line(
+        f"audit: {report['groups']['changed']} group changed (+{names['added']} -{names['removed']}), "
+        f"{report['vaults']} vault listed, {report['durationSeconds']}s; GET /api/audit/latest serves it"
+    )
+
+    final = _names(ado, group_id)
+    out.step(7, f"group at the end: {final}")
     expected = ["db-password", "storage-key"]
     if after_events != ["api-key", "db-password", "smtp-password", "storage-key"] or final != expected:
         out.write(f"\nFAILED: expected {expected} at the end and no value reads")
@@ -167,10 +181,21 @@ def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azuri
         return 1
     out.write(
         "\nOK: new secrets reached the group; rotations, excluded, certificate-backed and disabled "
-        "secrets did not;\n    the deleted and the disabled secret left it, and the refused delete "
-        "changed nothing."
+        "secrets did not;\n    the deleted and the disabled secret left it, the refused delete changed "
+        "nothing, and the audit undid the bad hand edit."
     )
     return 0
+
+
+def _hand_edit(group: dict[str, Any]) -> None:
+    group["variables"].pop("storage-key", None)
+    group["variables"]["retired-key"] = {"isSecret": True, "value": None, "enabled": True}
+
+
+def _get(route: str) -> Any:
+    import azure.functions as func
+
+    return func.HttpRequest(method="GET", url=f"http://localhost:7071/api/{route}", body=b"")
 
 
 def _post(route: str, body: dict[str, Any]) -> Any:

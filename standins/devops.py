@@ -14,7 +14,7 @@ Routes (anything else answers 404 with an Azure DevOps error body):
 * ``POST /{org}/_apis/distributedtask/variablegroups`` (org-level, ``VariableGroupParameters``)
 * ``PUT  /{org}/_apis/distributedtask/variablegroups/{groupId}`` (org-level, full replace)
 * ``DELETE /{org}/_apis/distributedtask/variablegroups/{groupId}?projectIds=a,b``
-* ``GET  /{org}/{project}/_apis/serviceendpoint/endpoints?endpointNames=a,b[&type=][&includeFailed=]``
+* ``GET  /{org}/{project}/_apis/serviceendpoint/endpoints?endpointNames=a,b|endpointIds=x,y[&type=][&includeFailed=]``
   and ``.../endpoints/{endpointId}``
 * ``GET  /{org}/_apis/projects[/{projectNameOrId}]``
 
@@ -136,11 +136,7 @@ def _fail(status: int, message: str, type_key: str) -> Exception:
 
 
 def _project_missing(name_or_id: str) -> Exception:
-    key = (
-        "ProjectDoesNotExistException"
-        if _GUID.fullmatch(name_or_id)
-        else "ProjectDoesNotExistWithNameException"
-    )
+    key = "ProjectDoesNotExistException" if _GUID.fullmatch(name_or_id) else "ProjectDoesNotExistWithNameException"
     return _fail(
         404,
         f"TF200016: The following project does not exist: {name_or_id}. Verify that the name of the "
@@ -417,11 +413,7 @@ class DevOpsStandIn(StandInServer):
             del store.projects[gone.id]
             store.endpoints = {k: e for k, e in store.endpoints.items() if e.project_id != gone.id}
             for group_id, group in list(store.groups.items()):
-                refs = [
-                    r
-                    for r in group["variableGroupProjectReferences"]
-                    if r["projectReference"]["id"] != gone.id
-                ]
+                refs = [r for r in group["variableGroupProjectReferences"] if r["projectReference"]["id"] != gone.id]
                 if not refs:
                     del store.groups[group_id]
                 else:
@@ -436,11 +428,7 @@ class DevOpsStandIn(StandInServer):
         with self._lock:
             calls = list(self.calls)
         with self._state_lock:
-            created = {
-                (key, gid): at
-                for key, store in self._orgs.items()
-                for gid, at in store.created_by_post.items()
-            }
+            created = {(key, gid): at for key, store in self._orgs.items() for gid, at in store.created_by_post.items()}
         picked: list[Call] = []
         for call in calls:
             match = _WRITE_PATH.fullmatch(call.path)
@@ -477,9 +465,7 @@ class DevOpsStandIn(StandInServer):
             ),
             404: ("The resource cannot be found (injected fault).", "VssResourceNotFoundException"),
         }
-        message, key = messages.get(
-            status, (f"The service answered {status} (injected fault).", "VssServiceException")
-        )
+        message, key = messages.get(status, (f"The service answered {status} (injected fault).", "VssServiceException"))
         return ado_error(message, key)
 
     def _fault_response(self, fault: Fault) -> Response:
@@ -512,9 +498,7 @@ class DevOpsStandIn(StandInServer):
         if not known_org:
             # Invented: real Azure DevOps answers an unknown organization with 401 (TF400813) or
             # an HTML 404, depending on the credentials. A JSON 404 is the most useful here.
-            raise _fail(
-                404, f"The organization '{segments[0]}' does not exist.", "VssResourceNotFoundException"
-            )
+            raise _fail(404, f"The organization '{segments[0]}' does not exist.", "VssResourceNotFoundException")
         route = self._route(request, segments[0], segments[1:], identity)
         if route is None:
             raise self._not_found(request)
@@ -700,9 +684,8 @@ class DevOpsStandIn(StandInServer):
         }
 
     def _list_endpoints(self, request: Request, org: str, project_key: str) -> Response:
-        names = {
-            n.strip().casefold() for n in (request.query.get("endpointNames") or "").split(",") if n.strip()
-        }
+        names = {n.strip().casefold() for n in (request.query.get("endpointNames") or "").split(",") if n.strip()}
+        ids = {i.strip().lower() for i in (request.query.get("endpointIds") or "").split(",") if i.strip()}
         wanted_type = (request.query.get("type") or "").casefold()
         # Not-ready connections stand for "failed" ones, which Azure DevOps hides unless asked.
         include_failed = (request.query.get("includeFailed") or "").lower() == "true"
@@ -716,6 +699,7 @@ class DevOpsStandIn(StandInServer):
                 for e in store.endpoints.values()
                 if e.project_id == project.id
                 and (not names or e.name.casefold() in names)
+                and (not ids or e.id.lower() in ids)
                 and (not wanted_type or e.type.casefold() == wanted_type)
                 and (e.is_ready or include_failed)
             ]
@@ -814,9 +798,7 @@ class DevOpsStandIn(StandInServer):
             store.created_by_post[group_id] = time.monotonic()
             return Response(200, copy.deepcopy(stored))
 
-    def _update_group(
-        self, request: Request, org: str, group_id: int, identity: Mapping[str, Any]
-    ) -> Response:
+    def _update_group(self, request: Request, org: str, group_id: int, identity: Mapping[str, Any]) -> Response:
         body = _body(request)
         with self._state_lock:
             store = self._orgs[org.lower()]
@@ -843,9 +825,7 @@ class DevOpsStandIn(StandInServer):
         if bad:
             raise _fail(400, f"Invalid project ids: {', '.join(bad)}.", "ArgumentException")
         if not ids:
-            raise _fail(
-                400, "At least one project is required to delete a variable group.", "InvalidRequestException"
-            )
+            raise _fail(400, "At least one project is required to delete a variable group.", "InvalidRequestException")
         with self._state_lock:
             store = self._orgs[org.lower()]
             group = store.groups.get(group_id)
@@ -854,15 +834,9 @@ class DevOpsStandIn(StandInServer):
             present = _project_ids(group)
             for project_id in ids:
                 if project_id.lower() not in present:
-                    raise _fail(
-                        400, f"Variable group is not part of project {project_id}.", "ArgumentException"
-                    )
+                    raise _fail(400, f"Variable group is not part of project {project_id}.", "ArgumentException")
             lowered = {i.lower() for i in ids}
-            refs = [
-                r
-                for r in group["variableGroupProjectReferences"]
-                if r["projectReference"]["id"] not in lowered
-            ]
+            refs = [r for r in group["variableGroupProjectReferences"] if r["projectReference"]["id"] not in lowered]
             if refs:
                 group["variableGroupProjectReferences"] = refs
                 group["isShared"] = len(refs) > 1
@@ -880,9 +854,7 @@ class DevOpsStandIn(StandInServer):
             )
         raw_refs = body.get("variableGroupProjectReferences")
         if not raw_refs:
-            raise _fail(
-                400, "Atleast one variable group project reference is required.", "InvalidRequestException"
-            )
+            raise _fail(400, "Atleast one variable group project reference is required.", "InvalidRequestException")
         if not isinstance(raw_refs, list) or not all(isinstance(r, dict) for r in raw_refs):
             raise _fail(400, "Project information name is not valid for variable group.", "ArgumentException")
         if len(raw_refs) > 1 and not self.sharing_allowed:
@@ -893,19 +865,13 @@ class DevOpsStandIn(StandInServer):
         for ref in raw_refs:
             project_ref = ref.get("projectReference")
             if not isinstance(project_ref, dict) or not isinstance(project_ref.get("id"), str):
-                raise _fail(
-                    400, "Project information name is not valid for variable group.", "ArgumentException"
-                )
-            project = (
-                store.projects.get(project_ref["id"].lower()) if _GUID.fullmatch(project_ref["id"]) else None
-            )
+                raise _fail(400, "Project information name is not valid for variable group.", "ArgumentException")
+            project = store.projects.get(project_ref["id"].lower()) if _GUID.fullmatch(project_ref["id"]) else None
             if project is None:
                 raise _project_missing(project_ref["id"])
             claimed = project_ref.get("name")
             if not isinstance(claimed, str) or claimed.casefold() != project.name.casefold():
-                raise _fail(
-                    400, "Project information name is not valid for variable group.", "ArgumentException"
-                )
+                raise _fail(400, "Project information name is not valid for variable group.", "ArgumentException")
             ref_name = _check_name(ref.get("name"), "group.Name")
             if any(p.id == project.id for p in projects):
                 raise _fail(
@@ -934,9 +900,7 @@ class DevOpsStandIn(StandInServer):
             present = _project_ids(existing)
             for project in projects:
                 if project.id not in present:
-                    raise _fail(
-                        400, f"Variable group is not part of project {project.id}.", "ArgumentException"
-                    )
+                    raise _fail(400, f"Variable group is not part of project {project.id}.", "ArgumentException")
         if provider is not None:
             self._check_endpoint_shared(store, provider, projects, existing)
         for project in projects:
@@ -983,9 +947,7 @@ class DevOpsStandIn(StandInServer):
                     "InvalidRequestException",
                 )
 
-    def _check_variables(
-        self, group_name: str, variables: dict[str, Any], *, key_vault: bool
-    ) -> dict[str, Any]:
+    def _check_variables(self, group_name: str, variables: dict[str, Any], *, key_vault: bool) -> dict[str, Any]:
         clean: dict[str, Any] = {}
         seen: dict[str, str] = {}
         duplicates: list[str] = []
@@ -1098,14 +1060,8 @@ def _check_provider_data(provider: Any) -> dict[str, Any]:
     if not isinstance(provider, dict):
         raise _fail(400, "Value cannot be null.\r\nParameter name: providerData", "ArgumentNullException")
     endpoint_id = provider.get("serviceEndpointId")
-    if (
-        not isinstance(endpoint_id, str)
-        or not _GUID.fullmatch(endpoint_id)
-        or uuid.UUID(endpoint_id).int == 0
-    ):
-        raise _fail(
-            400, "Value cannot be null.\r\nParameter name: serviceEndpointId", "ArgumentNullException"
-        )
+    if not isinstance(endpoint_id, str) or not _GUID.fullmatch(endpoint_id) or uuid.UUID(endpoint_id).int == 0:
+        raise _fail(400, "Value cannot be null.\r\nParameter name: serviceEndpointId", "ArgumentNullException")
     if not isinstance(provider.get("vault"), str) or not provider["vault"].strip():
         raise _fail(400, "Value cannot be null.\r\nParameter name: vault", "ArgumentNullException")
     return provider
@@ -1138,9 +1094,7 @@ def _ordered(group: Mapping[str, Any]) -> dict[str, Any]:
     return {k: group[k] for k in keys if k in group}
 
 
-def _seed_variables(
-    variables: Iterable[str] | Mapping[str, Any] | None, *, key_vault: bool
-) -> dict[str, Any]:
+def _seed_variables(variables: Iterable[str] | Mapping[str, Any] | None, *, key_vault: bool) -> dict[str, Any]:
     if variables is None:
         return {}
     items = variables.items() if isinstance(variables, Mapping) else ((n, None) for n in variables)

@@ -15,10 +15,7 @@ SUBSCRIPTION = "00000000-0000-0000-0000-00000000c0de"
 
 
 def vault_resource_id(vault: str, resource_group: str = "rg-kvlink") -> str:
-    return (
-        f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{resource_group}"
-        f"/providers/Microsoft.KeyVault/vaults/{vault}"
-    )
+    return f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{resource_group}/providers/Microsoft.KeyVault/vaults/{vault}"
 
 
 def secret_event(

@@ -321,9 +321,7 @@ class KeyVaultStandIn(StandInServer):
                 raise KeyError(f"no deleted secret {name!r} in vault {vault!r}")
             secret.deleted_on = None
             store.secrets[name.lower()] = secret
-            self._audit(
-                vault, "SecretRecover", secret.name, request_path=f"/deletedsecrets/{secret.name}/recover"
-            )
+            self._audit(vault, "SecretRecover", secret.name, request_path=f"/deletedsecrets/{secret.name}/recover")
 
     def purge_secret(self, vault: str, name: str) -> None:
         """Remove a soft-deleted secret for good."""
@@ -345,9 +343,7 @@ class KeyVaultStandIn(StandInServer):
             audit_before = len(self.audit_log)
             version = self.set_secret(vault, name, **attributes)
             del self.audit_log[audit_before:]  # a restore logs SecretRestore, not SecretSet
-            self._audit(
-                vault, "SecretRestore", name, request_path="/secrets/restore", object_path=f"/secrets/{name}"
-            )
+            self._audit(vault, "SecretRestore", name, request_path="/secrets/restore", object_path=f"/secrets/{name}")
             return version
 
     def log_failed(self, vault: str, operation: str, name: str, status: int) -> None:
@@ -407,17 +403,13 @@ class KeyVaultStandIn(StandInServer):
     def handle(self, request: Request) -> Response:
         segments = [s for s in request.path.split("/") if s]
         if not segments:
-            raise abort(
-                404, _error("NotFound", "No vault in the request path; use {base_url}/{vault}/secrets.")
-            )
+            raise abort(404, _error("NotFound", "No vault in the request path; use {base_url}/{vault}/secrets."))
         with self._vault_lock:
             store = self._vaults.get(segments[0].lower())
         if store is None:
             # Not a real Key Vault answer: a missing vault fails DNS in Azure. The SDK surfaces
             # this as ResourceNotFoundError, which is close enough for tests.
-            raise abort(
-                404, _error("VaultNotFound", f"The vault '{segments[0]}' does not exist in this stand-in.")
-            )
+            raise abort(404, _error("VaultNotFound", f"The vault '{segments[0]}' does not exist in this stand-in."))
         self._authenticate(request)
         route = segments[1:]
         value_read = self._is_value_read(request.method, route)
@@ -508,9 +500,7 @@ class KeyVaultStandIn(StandInServer):
     @staticmethod
     def _denied_body(vault: str, status: int, rbac: bool) -> dict[str, Any]:
         if status != 403:
-            return _error(
-                _ERROR_CODES.get(status, f"Http{status}"), f"Vault '{vault}' is set to answer {status}."
-            )
+            return _error(_ERROR_CODES.get(status, f"Http{status}"), f"Vault '{vault}' is set to answer {status}.")
         if rbac:
             return _error(
                 "Forbidden",
@@ -550,8 +540,7 @@ class KeyVaultStandIn(StandInServer):
                 405,
                 _error(
                     "MethodNotAllowed",
-                    f"{request.method} {request.path} is not emulated; "
-                    "seed the stand-in with set_secret() instead.",
+                    f"{request.method} {request.path} is not emulated; seed the stand-in with set_secret() instead.",
                 ),
             )
         raise abort(404, _error("NotFound", f"The requested resource {request.path} does not exist."))
@@ -634,9 +623,7 @@ class KeyVaultStandIn(StandInServer):
             item["managed"] = True
         return item
 
-    def _page(
-        self, request: Request, rows: list[tuple[str, dict[str, Any]]], path: str, api_version: str
-    ) -> Response:
+    def _page(self, request: Request, rows: list[tuple[str, dict[str, Any]]], path: str, api_version: str) -> Response:
         size = _page_size(request.query.get("maxresults"))
         after = _decode_skiptoken(request.query.get("$skiptoken"))
         remaining = [row for row in rows if after is None or row[0] > after]
@@ -662,9 +649,7 @@ def _page_size(raw: str | None) -> int:
     if not 1 <= value <= PAGE_SIZE:
         raise abort(
             400,
-            _error(
-                "BadParameter", f"The value '{raw}' is not valid for maxresults; it must be between 1 and 25."
-            ),
+            _error("BadParameter", f"The value '{raw}' is not valid for maxresults; it must be between 1 and 25."),
         )
     return value
 

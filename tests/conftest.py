@@ -124,9 +124,7 @@ class Estate:
     def settings(self, **overrides: str) -> Settings:
         return Settings.from_env({**self.env, **overrides})
 
-    def engine(
-        self, *, lease_seconds: float = 10.0, max_wait: float | None = None, **overrides: str
-    ) -> Engine:
+    def engine(self, *, lease_seconds: float = 10.0, max_wait: float | None = None, **overrides: str) -> Engine:
         """An engine wired to the stand-ins, with retries tuned to test speed."""
         settings = self.settings(**overrides)
         credential = get_credential(settings)

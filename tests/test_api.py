@@ -73,9 +73,7 @@ class TestRegistration:
         """The HTTP functions are registered with the public names, routes and auth levels."""
         functions = registered
         assert {"on_secret_event", "links", "sync", "health"} <= set(functions)
-        routes = {
-            name: b for name, fn in functions.items() for b in fn["bindings"] if b["type"] == "httpTrigger"
-        }
+        routes = {name: b for name, fn in functions.items() for b in fn["bindings"] if b["type"] == "httpTrigger"}
         assert routes["links"]["route"] == "links/{organization?}/{project?}/{groupId?}"
         assert routes["sync"]["route"] == "sync"
         assert routes["health"]["authLevel"].lower() == "anonymous"
@@ -216,22 +214,14 @@ class TestListAndUnlink:
 
         status, listed, _ = call(function_app.links, request("GET", "links", params={"vault": estate.vault}))
         assert status == 200 and [link["groupId"] for link in listed["links"]] == [group]
-        status, listed, _ = call(
-            function_app.links, request("GET", "links", params={"organization": "other-org"})
-        )
+        status, listed, _ = call(function_app.links, request("GET", "links", params={"organization": "other-org"}))
         assert listed == {"links": []}
-        status, one, _ = call(
-            function_app.links, request("GET", f"links/{estate.org}/{estate.project}/{group}")
-        )
+        status, one, _ = call(function_app.links, request("GET", f"links/{estate.org}/{estate.project}/{group}"))
         assert status == 200 and one["link"]["groupId"] == group
 
-        status, body, _ = call(
-            function_app.links, request("DELETE", f"links/{estate.org}/{estate.project}/{group}")
-        )
+        status, body, _ = call(function_app.links, request("DELETE", f"links/{estate.org}/{estate.project}/{group}"))
         assert (status, body) == (204, None)
-        status, body, _ = call(
-            function_app.links, request("DELETE", f"links/{estate.org}/{estate.project}/{group}")
-        )
+        status, body, _ = call(function_app.links, request("DELETE", f"links/{estate.org}/{estate.project}/{group}"))
         assert status == 404 and body["error"]["code"] == "LinkNotFound"
         assert estate.names(group) == ["db-password"]
 
@@ -292,9 +282,7 @@ class TestSync:
         assert "KVLINK_MAX_REMOVAL_FRACTION" in refused["message"]
         assert len(estate.names(group)) == 6
 
-        status, body, _ = call(
-            function_app.sync, request("POST", "sync", {"vault": estate.vault, "force": True})
-        )
+        status, body, _ = call(function_app.sync, request("POST", "sync", {"vault": estate.vault, "force": True}))
         assert body["groups"][0]["outcome"] == "applied"
         assert estate.names(group) == ["s-4", "s-5"]
 
@@ -495,7 +483,7 @@ class TestCallCounts:
             ("POST", "distributedtask/variablegroups"),
         ]
         assert self.vault_pages(estate) == 2  # 30 secrets, 25 per page
-        assert estate.table_calls.by_method == {"PUT": 1}
+        assert estate.table_calls.by_method == {"PATCH": 1}  # link saved with its write marker
 
     def test_adopt_and_vault_sync_costs(self, estate, api):
         """Adopt: find + read under the lease + write; sync: one listing for all groups, one read each."""
@@ -504,20 +492,18 @@ class TestCallCounts:
         estate.ado.add_project(estate.org, "Platform")
         estate.ado.add_service_endpoint(estate.org, "Platform", "kv-connection")
         post_link(estate, project="Platform", group="platform-kv")
-        call(
-            function_app.sync, request("POST", "sync", {"vault": estate.vault})
-        )  # warm: opens the lease table
+        call(function_app.sync, request("POST", "sync", {"vault": estate.vault}))  # warm: opens the lease table
         estate.kv.set_secret(estate.vault, "new-one")
         reset_counts(estate)
 
         post_link(estate)  # adopt the first group again: it is missing new-one
         assert [m for m, _ in self.devops_calls(estate)] == ["GET", "GET", "PUT"]
         assert self.vault_pages(estate) == 2
-        # link lookup, lease create + release, link upsert
-        assert estate.table_calls.by_method == {"GET": 1, "POST": 1, "DELETE": 1, "PUT": 1}
+        # link lookup, lease create + release, write marker, link upsert
+        assert estate.table_calls.by_method == {"GET": 1, "POST": 1, "DELETE": 1, "PATCH": 2}
 
         reset_counts(estate)
         call(function_app.sync, request("POST", "sync", {"vault": estate.vault}))
         assert [m for m, _ in self.devops_calls(estate)] == ["GET", "GET", "PUT"]  # only platform-kv changes
         assert self.vault_pages(estate) == 2  # listed once for both groups
-        assert estate.table_calls.by_method == {"GET": 1, "POST": 2, "DELETE": 2}
+        assert estate.table_calls.by_method == {"GET": 1, "POST": 2, "DELETE": 2, "PATCH": 1}

@@ -17,3 +17,4 @@ def test_demo_succeeds():
     assert "-> 201: created group 'payments-kv' with 2 names" in text
     assert "group: -api-key -smtp-password" in text
     assert "secret values requested: 0" in text
+    assert "secret-deleted   retired-key    repaired" in text

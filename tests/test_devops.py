@@ -26,9 +26,7 @@ class TestPayloadContract:
     def test_official_group_example_round_trips(self):
         """The official GET example reads as a group, and its PUT body keeps every parameter field."""
         example = json.loads(
-            (PAYLOADS / "ado-variablegroups-GET_VariableGroup.7.2-httpExample.json").read_text(
-                encoding="utf-8-sig"
-            )
+            (PAYLOADS / "ado-variablegroups-GET_VariableGroup.7.2-httpExample.json").read_text(encoding="utf-8-sig")
         )
         group = VariableGroup(example["responses"]["200"]["body"])
         assert (group.id, group.name, group.type, group.is_key_vault) == (
@@ -92,9 +90,7 @@ class TestGroups:
         devops = client(estate)
         group = devops.get_group(estate.org, estate.project, gid)
         assert group is not None
-        updated = devops.update_group(
-            estate.org, group, {**group.variables, "b": {"isSecret": True, "value": None}}
-        )
+        updated = devops.update_group(estate.org, group, {**group.variables, "b": {"isSecret": True, "value": None}})
         assert sorted(updated.variables) == ["a", "b"]
         put = estate.ado.writes(estate.org, gid)[-1]
         assert put.body["variableGroupProjectReferences"] == group.raw["variableGroupProjectReferences"]
@@ -110,9 +106,7 @@ class TestGroups:
     def test_validation_errors_are_reported(self, estate):
         """A 400 from Azure DevOps surfaces with its message."""
         with pytest.raises(UpstreamError, match="project reference is required") as info:
-            client(estate).create_group(
-                estate.org, {"name": "x", "type": "Vsts", "variables": {"a": {"value": "1"}}}
-            )
+            client(estate).create_group(estate.org, {"name": "x", "type": "Vsts", "variables": {"a": {"value": "1"}}})
         assert info.value.status == 400
 
 
@@ -205,9 +199,7 @@ class TestVerbatimResponses:
 
     def test_list_by_group_name(self, estate):
         """The GET_VariableGroupsByGroupName example lists both groups."""
-        body = example("ado-variablegroups-GET_VariableGroupsByGroupName.7.1-httpExample.json")["responses"][
-            "200"
-        ]
+        body = example("ado-variablegroups-GET_VariableGroupsByGroupName.7.1-httpExample.json")["responses"]["200"]
         estate.ado.inject(200, method="GET", path="variablegroups$", body=body["body"])
         groups = list(client(estate).list_groups(estate.org, estate.project, name="Test*"))
         assert [(g.id, g.name) for g in groups] == [(2, "TestVariableGroup2"), (1, "TestVariableGroup1")]
@@ -215,9 +207,7 @@ class TestVerbatimResponses:
 
     def test_service_endpoint_by_name(self, estate):
         """The GetServiceEndpointsByName example yields the endpoint's id."""
-        body = example("ado-serviceendpoint-GetServiceEndpointsByName.7.1-httpExample.json")["responses"][
-            "200"
-        ]
+        body = example("ado-serviceendpoint-GetServiceEndpointsByName.7.1-httpExample.json")["responses"]["200"]
         estate.ado.inject(200, method="GET", path="serviceendpoint", body=body["body"])
         found = client(estate).find_service_endpoint(estate.org, estate.project, "MyNewServiceEndpoint")
         assert found is not None and found["id"] == "5e47a0d8-c745-44f8-8f93-784f18ff31c4"

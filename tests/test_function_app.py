@@ -36,9 +36,7 @@ class TestOnSecretEvent:
         estate.link(estate.engine(), group)
         version = estate.kv.set_secret(estate.vault, "api-key")
 
-        function_app.on_secret_event(
-            as_trigger_input(secret_event(estate.vault, "api-key", version, schema=schema))
-        )
+        function_app.on_secret_event(as_trigger_input(secret_event(estate.vault, "api-key", version, schema=schema)))
 
         assert estate.names(group) == ["api-key", "db-password"]
 

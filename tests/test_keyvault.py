@@ -98,9 +98,7 @@ def test_official_list_example_parses(estate, reader):
     import json
     from pathlib import Path
 
-    example = json.loads(
-        (Path(__file__).parent / "payloads" / "keyvault-GetSecrets-example.7.5.json").read_text()
-    )
+    example = json.loads((Path(__file__).parent / "payloads" / "keyvault-GetSecrets-example.7.5.json").read_text())
     body = dict(example["responses"]["200"]["body"], nextLink=None)  # the example's nextLink points at Azure
     reader.list_secrets(estate.vault)  # warm the 401 challenge first
     estate.kv.inject(200, path=r"/secrets$", body=body)

@@ -22,9 +22,7 @@ def hub_events(bodies: list[bytes]) -> list[func.EventHubEvent]:
     """What the worker hands a cardinality=many Event Hub trigger: one event per message."""
     now = datetime.now(UTC)
     return [
-        func.EventHubEvent(
-            body=body, enqueued_time=now, partition_key=None, sequence_number=i, offset=str(i * 512)
-        )
+        func.EventHubEvent(body=body, enqueued_time=now, partition_key=None, sequence_number=i, offset=str(i * 512))
         for i, body in enumerate(bodies)
     ]
 
@@ -238,9 +236,7 @@ class TestExpiry:
 
     def test_expired_removed_when_policy_says(self, estate, deliver):
         """SecretExpired removes the name where keepExpired is false."""
-        group = linked_group(
-            estate, deliver.engine, ["db-password", "api-key"], policy=Policy(keep_expired=False)
-        )
+        group = linked_group(estate, deliver.engine, ["db-password", "api-key"], policy=Policy(keep_expired=False))
         deliver.engine.handle_event(self.expire(estate, "db-password"))
         assert estate.names(group) == ["api-key"]
 
@@ -277,7 +273,7 @@ class TestRegistration:
 
 class TestCallCounts:
     def test_one_delete(self, estate, deliver):
-        """One delete: 1 version listing, 1 read + 1 write per group, 6 Table calls (work row in and out)."""
+        """One delete: 1 version listing, 1 read + 1 write per group, 7 Table calls (work row in and out)."""
         group = linked_group(estate, deliver.engine, ["db-password", "api-key", "keep"])
         estate.kv.delete_secret(estate.vault, "api-key")
         deliver()  # warm-up: opens the work and lease tables, pays the Key Vault challenge
@@ -291,5 +287,5 @@ class TestCallCounts:
         assert estate.names(group) == ["keep"]
         assert [c.path.rsplit("/", 1)[-1] for c in estate.kv.calls] == ["versions"]  # 404: deleted
         assert [c.method for c in estate.ado.calls] == ["GET", "PUT"]
-        # work upsert (batch POST), work list, links query, lease create + delete, work row delete
-        assert estate.table_calls.by_method == {"POST": 2, "GET": 2, "DELETE": 2}
+        # work upsert (batch POST), work list, links query, lease create + delete, marker, work row delete
+        assert estate.table_calls.by_method == {"POST": 2, "GET": 2, "DELETE": 2, "PATCH": 1}

@@ -29,9 +29,7 @@ class TestOfficialPayloads:
 
     def test_other_services_records_are_ignored(self):
         """The resource-logs doc's envelope (Logic Apps records) is read and ignored."""
-        batch = parse(
-            (PAYLOADS / "azure-monitor-resource-logs-eventhub-envelope.resource-logs-doc.json").read_bytes()
-        )
+        batch = parse((PAYLOADS / "azure-monitor-resource-logs-eventhub-envelope.resource-logs-doc.json").read_bytes())
         assert batch.records == [] and batch.skipped == []
         assert batch.ignored == 2
 
@@ -40,9 +38,7 @@ class TestActions:
     @pytest.mark.parametrize("operation", ["SecretDelete", "SecretUpdate", "SecretRecover", "SecretRestore"])
     def test_actionable_operations(self, operation):
         """Deletes, updates, recoveries and restores are acted on."""
-        path = {"SecretRecover": "/deletedsecrets/db-pass/recover", "SecretRestore": "/secrets/restore"}.get(
-            operation
-        )
+        path = {"SecretRecover": "/deletedsecrets/db-pass/recover", "SecretRestore": "/secrets/restore"}.get(operation)
         record = audit_record("KV-Prod", operation, secret="db-pass", request_path=path)
         (parsed,) = parse(one(record)).records
         assert (parsed.vault, parsed.secret, parsed.operation) == ("kv-prod", "db-pass", operation)
@@ -87,9 +83,7 @@ class TestActions:
 
     def test_vault_outside_allow_list(self):
         """Records of vaults outside KVLINK_ALLOWED_VAULTS are ignored."""
-        batch = parse(
-            one(audit_record("kv-other", "SecretDelete", secret="x")), allowed=lambda v: v == "kv-prod"
-        )
+        batch = parse(one(audit_record("kv-other", "SecretDelete", secret="x")), allowed=lambda v: v == "kv-prod")
         assert (batch.records, batch.ignored) == ([], 1)
 
     def test_secret_called_restore(self):

@@ -44,9 +44,7 @@ class TestMerge:
 
     def test_already_mapped_is_unchanged(self):
         """A new version of a mapped secret (any casing) changes nothing."""
-        plan = plan_group(
-            {"DB-Password": kv_var()}, secrets(SecretState("db-password")), Policy(), complete=False
-        )
+        plan = plan_group({"DB-Password": kv_var()}, secrets(SecretState("db-password")), Policy(), complete=False)
         assert not plan.changed
         assert plan.unchanged == 1
 
@@ -69,9 +67,7 @@ class TestMerge:
 
     def test_complete_listing_removes_unlisted(self):
         """With a complete listing, a mapped name absent from the vault is removed."""
-        plan = plan_group(
-            {"gone": kv_var(), "ok": kv_var()}, secrets(SecretState("ok")), Policy(), complete=True
-        )
+        plan = plan_group({"gone": kv_var(), "ok": kv_var()}, secrets(SecretState("ok")), Policy(), complete=True)
         assert plan.remove == ("gone",)
 
     def test_partial_knowledge_keeps_unknown(self):
@@ -97,9 +93,7 @@ class TestPolicy:
         policy = Policy(include=("app-*", "DB-*"), exclude=("*-old",))
         plan = plan_group(
             {},
-            secrets(
-                SecretState("app-one"), SecretState("db-two"), SecretState("app-old"), SecretState("other")
-            ),
+            secrets(SecretState("app-one"), SecretState("db-two"), SecretState("app-old"), SecretState("other")),
             policy,
             complete=True,
         )

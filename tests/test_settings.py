@@ -27,9 +27,7 @@ class TestFromEnv:
     def test_all_problems_reported_at_once(self):
         """Missing and malformed settings are listed together, each naming its setting."""
         with pytest.raises(ConfigError) as info:
-            Settings.from_env(
-                {"KVLINK_MODE": "yolo", "KVLINK_VAULT_URL": "http://x", "KVLINK_EMULATOR": "maybe"}
-            )
+            Settings.from_env({"KVLINK_MODE": "yolo", "KVLINK_VAULT_URL": "http://x", "KVLINK_EMULATOR": "maybe"})
         text = str(info.value)
         for name in (
             "KVLINK_DEVOPS_ORGS",

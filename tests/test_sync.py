@@ -44,7 +44,7 @@ class TestNewSecret:
         }
 
     def test_calls_for_a_new_secret_are_the_minimum(self, estate):
-        """A new secret costs 1 Key Vault call, 1 group read + 1 write, and 3 Table calls."""
+        """A new secret costs 1 Key Vault call, 1 group read + 1 write, and 4 Table calls."""
         engine = estate.engine()
         group = estate.group("payments-kv", [])
         estate.link(engine, group)
@@ -58,8 +58,8 @@ class TestNewSecret:
         assert estate.kv.count("GET", r"/versions$") == 1
         assert len(estate.kv.calls) == 1
         assert [c.method for c in estate.ado.calls] == ["GET", "PUT"]
-        # links query + lease create + lease delete
-        assert estate.table_calls.by_method == {"GET": 1, "POST": 1, "DELETE": 1}
+        # links query + lease create + lease delete + write marker
+        assert estate.table_calls.by_method == {"GET": 1, "POST": 1, "DELETE": 1, "PATCH": 1}
 
     def test_new_version_of_mapped_secret_writes_nothing(self, estate):
         """Rotating a mapped secret reads the group once and never writes it."""

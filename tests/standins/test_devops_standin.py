@@ -213,9 +213,7 @@ def test_post_with_bad_project_reference_is_rejected(
     assert_ado_error(client.post(f"/{org}/{GROUPS}", params=API, json=body), status, type_key, text)
 
 
-def test_post_accepts_project_name_in_any_case(
-    stand_in: DevOpsStandIn, org: str, client: httpx.Client
-) -> None:
+def test_post_accepts_project_name_in_any_case(stand_in: DevOpsStandIn, org: str, client: httpx.Client) -> None:
     """The projectReference name check is case-insensitive."""
     body = kv_parameters(
         stand_in.add_project(org, "App"), stand_in.add_service_endpoint(org, "App", "arm"), project_name="aPP"
@@ -283,14 +281,10 @@ def test_duplicate_group_name_is_a_conflict(stand_in: DevOpsStandIn, org: str, c
     stand_in.add_group(org, "App", "KV-Linked", vault="kv-contoso", variables=["x"])
     body = kv_parameters(stand_in.add_project(org, "App"), stand_in.add_service_endpoint(org, "App", "arm"))
 
-    assert_ado_error(
-        client.post(f"/{org}/{GROUPS}", params=API, json=body), 409, "VariableGroupExistsException"
-    )
+    assert_ado_error(client.post(f"/{org}/{GROUPS}", params=API, json=body), 409, "VariableGroupExistsException")
 
 
-def test_sharing_can_be_refused_like_services(
-    stand_in: DevOpsStandIn, org: str, client: httpx.Client
-) -> None:
+def test_sharing_can_be_refused_like_services(stand_in: DevOpsStandIn, org: str, client: httpx.Client) -> None:
     """With sharing_allowed off, a POST with two project references gets Services' 500."""
     stand_in.sharing_allowed = False
     body = kv_parameters(stand_in.add_project(org, "App"), stand_in.add_service_endpoint(org, "App", "arm"))
@@ -315,9 +309,7 @@ def test_seeded_key_vault_group_has_the_linked_shape(stand_in: DevOpsStandIn, or
     assert group["providerData"]["vault"] == "kv-contoso"
     assert group["createdBy"] == UI_IDENTITY
     assert stand_in.variable_names(org, group_id) == ["a", "b"]
-    assert "providerData" not in stand_in.group(
-        org, stand_in.add_group(org, "App", "plain", variables={"k": "v"})
-    )
+    assert "providerData" not in stand_in.group(org, stand_in.add_group(org, "App", "plain", variables={"k": "v"}))
 
 
 def test_get_by_project_name_or_id(stand_in: DevOpsStandIn, org: str, client: httpx.Client) -> None:
@@ -337,9 +329,7 @@ def test_get_by_project_name_or_id(stand_in: DevOpsStandIn, org: str, client: ht
     )
 
 
-def test_group_of_another_project_is_not_found(
-    stand_in: DevOpsStandIn, org: str, client: httpx.Client
-) -> None:
+def test_group_of_another_project_is_not_found(stand_in: DevOpsStandIn, org: str, client: httpx.Client) -> None:
     """A group the project has no reference to is a 404 -- or, switched, the real 200 with a null body."""
     group_id = stand_in.add_group(org, "App", "kv", vault="kv-contoso", variables=["a"])
     stand_in.add_project(org, "Other")
@@ -402,9 +392,7 @@ def test_list_by_group_ids(stand_in: DevOpsStandIn, org: str, client: httpx.Clie
     second = stand_in.add_group(org, "App", "two", variables={"k": "v"})
     hidden = stand_in.add_group(org, "Other", "three", variables={"k": "v"})
 
-    body = client.get(
-        f"/{org}/App/{GROUPS}", params={**API, "groupIds": f"{second},{first},{hidden},99"}
-    ).json()
+    body = client.get(f"/{org}/App/{GROUPS}", params={**API, "groupIds": f"{second},{first},{hidden},99"}).json()
 
     assert [g["id"] for g in body["value"]] == [second, first]
     assert body["count"] == 2
@@ -438,9 +426,7 @@ def test_put_replaces_the_whole_group(stand_in: DevOpsStandIn, org: str, client:
     assert sorted(put.body["variables"]) == ["a", "b"]
 
 
-def test_put_dropping_a_project_reference_unshares(
-    stand_in: DevOpsStandIn, org: str, client: httpx.Client
-) -> None:
+def test_put_dropping_a_project_reference_unshares(stand_in: DevOpsStandIn, org: str, client: httpx.Client) -> None:
     """The stored references become the body's: dropping one unshares the group from that project."""
     group_id = stand_in.add_group(org, "App", "kv", vault="kv-contoso", variables=["a"])
     stand_in.share_group(org, group_id, stand_in.add_project(org, "Other"))
@@ -474,9 +460,7 @@ def test_put_cannot_add_a_project_or_touch_a_missing_group(
         "ArgumentException",
         f"Variable group is not part of project {newcomer}",
     )
-    assert_ado_error(
-        client.put(f"/{org}/{GROUPS}/999", params=API, json=body), 404, "VariableGroupNotFoundException"
-    )
+    assert_ado_error(client.put(f"/{org}/{GROUPS}/999", params=API, json=body), 404, "VariableGroupNotFoundException")
 
 
 def test_delete_removes_project_references_then_the_group(
@@ -598,15 +582,11 @@ def test_service_endpoint_found_by_name(stand_in: DevOpsStandIn, org: str, clien
         "name": "App",
     }
     assert client.get(f"{url}/{endpoint_id}", params=API).json() == endpoint
-    assert (
-        client.get(f"{url}/{stand_in.add_service_endpoint(org, 'Other', 'x')}", params=API).status_code == 404
-    )
+    assert client.get(f"{url}/{stand_in.add_service_endpoint(org, 'Other', 'x')}", params=API).status_code == 404
     assert client.get(url, params={**API, "endpointNames": "broken"}).json()["count"] == 0
     failed = client.get(url, params={**API, "endpointNames": "broken", "includeFailed": "true"}).json()
     assert failed["count"] == 1
-    assert (
-        client.get(url, params={**API, "endpointNames": "ARM-Prod", "type": "AzureRM"}).json()["count"] == 1
-    )
+    assert client.get(url, params={**API, "endpointNames": "ARM-Prod", "type": "AzureRM"}).json()["count"] == 1
 
 
 def test_projects_by_name_or_id_and_paged(stand_in: DevOpsStandIn, org: str, client: httpx.Client) -> None:
@@ -625,17 +605,13 @@ def test_projects_by_name_or_id_and_paged(stand_in: DevOpsStandIn, org: str, cli
     assert [p["name"] for p in first.json()["value"]] == ["App", "Beta"]
     assert [p["name"] for p in rest.json()["value"]] == ["Gamma"]
     assert "x-ms-continuationtoken" not in rest.headers
-    assert_ado_error(
-        client.get(f"/{org}/_apis/projects/Nope", params=API), 404, "ProjectDoesNotExistWithNameException"
-    )
+    assert_ado_error(client.get(f"/{org}/_apis/projects/Nope", params=API), 404, "ProjectDoesNotExistWithNameException")
 
 
 # -- auth, versions, faults, routing -------------------------------------------------------
 
 
-def test_wrong_or_missing_credentials_are_401(
-    stand_in: DevOpsStandIn, org: str, make_client: ClientFactory
-) -> None:
+def test_wrong_or_missing_credentials_are_401(stand_in: DevOpsStandIn, org: str, make_client: ClientFactory) -> None:
     """A wrong PAT or no credentials get 401 with an Entra challenge; the bearer token is accepted."""
     url = f"/{org}/_apis/projects"
     wrong = make_client(auth=("", "not-the-pat")).get(url, params=API)
@@ -669,18 +645,14 @@ def test_api_version_is_required(stand_in: DevOpsStandIn, org: str, client: http
 
     assert_ado_error(client.get(url), 400, "VssVersionNotSpecifiedException", 'for the "GET" request')
     assert_ado_error(client.post(f"/{org}/{GROUPS}", json={}), 400, "VssVersionNotSpecifiedException")
-    assert (
-        client.get(url, headers={"Accept": "application/json;api-version=7.1-preview.2"}).status_code == 200
-    )
+    assert client.get(url, headers={"Accept": "application/json;api-version=7.1-preview.2"}).status_code == 200
     assert client.get(url, params={"api-version": "7.0"}).status_code == 200
     assert_ado_error(client.get(url, params={"api-version": "9.9"}), 400, "VssVersionOutOfRangeException")
     stand_in.require_api_version_on_get = False
     assert client.get(url).status_code == 200
 
 
-def test_injected_throttle_looks_like_azure_devops(
-    stand_in: DevOpsStandIn, org: str, client: httpx.Client
-) -> None:
+def test_injected_throttle_looks_like_azure_devops(stand_in: DevOpsStandIn, org: str, client: httpx.Client) -> None:
     """An injected 429 carries Retry-After, the rate-limit headers and the TF400733 message."""
     stand_in.inject(429, method="GET", path=r"/variablegroups/", retry_after=3)
 
@@ -694,9 +666,7 @@ def test_injected_throttle_looks_like_azure_devops(
     assert client.get(f"/{org}/App/{GROUPS}", params=API).status_code == 200  # the fault was used up
 
 
-def test_unknown_organization_and_route_are_404(
-    stand_in: DevOpsStandIn, org: str, client: httpx.Client
-) -> None:
+def test_unknown_organization_and_route_are_404(stand_in: DevOpsStandIn, org: str, client: httpx.Client) -> None:
     """An unknown organization, an unknown route and a GET on the org-level route answer 404."""
     assert_ado_error(client.get("/nobody/_apis/projects", params=API), 404, "VssResourceNotFoundException")
     assert_ado_error(client.get(f"/{org}/_apis/nothing", params=API), 404, "VssResourceNotFoundException")

@@ -173,9 +173,7 @@ def test_attributes_round_trip(stand_in: KeyVaultStandIn, client: ClientFactory)
     assert isinstance(plain.created_on, datetime)
 
 
-def test_list_item_shows_current_version_and_updates(
-    stand_in: KeyVaultStandIn, client: ClientFactory
-) -> None:
+def test_list_item_shows_current_version_and_updates(stand_in: KeyVaultStandIn, client: ClientFactory) -> None:
     """The list item carries the newest version's attributes, including update_secret changes."""
     stand_in.set_secret("current", "rotated", content_type="old")
     stand_in.set_secret("current", "rotated", content_type="new", tags={"v": "2"})
@@ -187,9 +185,7 @@ def test_list_item_shows_current_version_and_updates(
     assert props.expires_on == datetime.fromtimestamp(1_900_000_000, UTC)
 
 
-def test_deleted_secret_disappears_and_can_be_recovered(
-    stand_in: KeyVaultStandIn, client: ClientFactory
-) -> None:
+def test_deleted_secret_disappears_and_can_be_recovered(stand_in: KeyVaultStandIn, client: ClientFactory) -> None:
     """A soft-deleted secret leaves the list, its versions 404, and recovery brings it back."""
     stand_in.set_secret("deletes", "keep")
     stand_in.set_secret("deletes", "gone")
@@ -396,9 +392,7 @@ def test_seeding_validates_names(stand_in: KeyVaultStandIn) -> None:
         stand_in.set_secret("names", "many-tags", tags={f"t{i}": "v" for i in range(16)})
 
 
-def test_vault_and_secret_names_are_case_insensitive(
-    stand_in: KeyVaultStandIn, client: ClientFactory
-) -> None:
+def test_vault_and_secret_names_are_case_insensitive(stand_in: KeyVaultStandIn, client: ClientFactory) -> None:
     """Vault and secret names match case-insensitively; ids keep the first casing."""
     stand_in.set_secret("MixedCase", "Api-Key")
     stand_in.set_secret("mixedcase", "API-KEY", expires=datetime.now(UTC) + timedelta(days=1))

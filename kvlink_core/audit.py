@@ -1,0 +1,581 @@
+"""The nightly audit: discover every Key Vault group, reconcile it with its vault, report.
+
+Events get lost, logs arrive late, people edit groups by hand; the audit is the
+level-triggered backstop. It lists each vault once (however many groups map it) and
+each project's variable groups once, plans every group from those listings, and writes
+only the groups that drifted -- under their leases, within the mass-removal guard.
+Key Vault listings and Azure DevOps calls run concurrently, each within its own bound
+(``KVLINK_VAULT_CONCURRENCY``, ``KVLINK_DEVOPS_CONCURRENCY``); one failing vault,
+project or organization never stops the rest -- the report says what was not reached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import KvLinkError, UpstreamError
+from .model import GroupKey, Link, Policy, SecretState
+from .names import check_secret
+from .plan import Plan, plan_group
+from .registry import Observation
+
+if TYPE_CHECKING:
+    from .devops import VariableGroup
+    from .sync import Engine, GroupOutcome
+
+logger = logging.getLogger(__name__)
+
+Severity = Literal["error", "warning", "info"]
+Progress = Callable[[int, int], None]  # (groups done, groups found so far)
+_SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    severity: Severity
+    kind: str
+    message: str
+    organization: str | None = None
+    project: str | None = None
+    group_id: int | None = None
+    group: str | None = None
+    vault: str | None = None
+    secret: str | None = None
+    repaired: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "severity": self.severity,
+            "kind": self.kind,
+            "message": self.message,
+            "organization": self.organization,
+            "project": self.project,
+            "groupId": self.group_id,
+            "group": self.group,
+            "vault": self.vault,
+            "secret": self.secret,
+            "repaired": self.repaired,
+        }
+
+
+@dataclass
+class AuditReport:
+    started: datetime
+    finished: datetime
+    dry_run: bool
+    groups_linked: int = 0
+    groups_discovered: int = 0
+    new_discovered: int = 0
+    groups_changed: int = 0
+    vaults: int = 0
+    names_added: int = 0
+    names_removed: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    unreached: list[str] = field(default_factory=list)
+
+    @property
+    def open_findings(self) -> list[Finding]:
+        return [f for f in self.findings if not f.repaired]
+
+    @property
+    def drift_remains(self) -> bool:
+        """Something still needs a person (or a run without --dry-run): the CLI's exit 2."""
+        return any(f.severity == "error" or f.kind in _DRIFT for f in self.open_findings) or bool(self.unreached)
+
+    def summary(self) -> dict[str, Any]:
+        by_severity = {s: sum(1 for f in self.findings if f.severity == s) for s in _SEVERITIES}
+        open_by_severity = {s: sum(1 for f in self.open_findings if f.severity == s) for s in _SEVERITIES}
+        return {
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat(),
+            "durationSeconds": round((self.finished - self.started).total_seconds(), 3),
+            "dryRun": self.dry_run,
+            "groups": {
+                "linked": self.groups_linked,
+                "discovered": self.groups_discovered,
+                "newlyDiscovered": self.new_discovered,
+                "changed": self.groups_changed,
+            },
+            "vaults": self.vaults,
+            "names": {"added": self.names_added, "removed": self.names_removed},
+            "findingsBySeverity": by_severity,
+            "openFindingsBySeverity": open_by_severity,
+            "unreached": list(self.unreached),
+            "driftRemains": self.drift_remains,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.summary(), "findings": [f.as_json() for f in self.findings]}
+
+
+# Findings that mean "the group is not what it should be" (repairable drift).
+_DRIFT = frozenset({"secret-deleted", "secret-disabled", "secret-missing", "sync-refused"})
+
+
+def group_findings(
+    link: Link,
+    group: VariableGroup,
+    listing: Mapping[str, SecretState],
+    plan: Plan,
+    *,
+    now: datetime,
+    warning_days: int,
+) -> list[Finding]:
+    """What is wrong or worth knowing about one group, from its vault's full listing (pure)."""
+    findings: list[Finding] = []
+
+    def finding(severity: Severity, kind: str, message: str, secret: str | None) -> None:
+        findings.append(
+            Finding(
+                severity,
+                kind,
+                message,
+                link.organization,
+                link.project,
+                link.group_id,
+                link.group_name,
+                link.vault,
+                secret,
+            )
+        )
+
+    soon = now + timedelta(days=warning_days)
+    for name in sorted(group.variables, key=str.lower):
+        secret = listing.get(name.lower())
+        if check_secret(name):
+            finding(
+                "warning",
+                "unmappable",
+                f"{name!r} is not a valid Key Vault secret name; no pipeline can fetch it",
+                name,
+            )
+        elif secret is None:
+            finding(
+                "error",
+                "secret-deleted",
+                f"{name} is mapped but vault {link.vault} has no such secret: "
+                "every run using the group fails at 'Download secrets'",
+                name,
+            )
+        elif not secret.enabled:
+            finding(
+                "error",
+                "secret-disabled",
+                f"{name} is mapped but disabled in vault {link.vault}: every run "
+                "using the group fails at 'Download secrets'",
+                name,
+            )
+        else:
+            if secret.managed:
+                finding(
+                    "warning",
+                    "unmappable",
+                    f"{name} backs a certificate; Azure DevOps maps secrets only",
+                    name,
+                )
+            if secret.expires is not None and secret.expires <= now:
+                finding(
+                    "warning",
+                    "secret-expired",
+                    f"{name} expired on {secret.expires:%Y-%m-%d}; it still works, but it is overdue for rotation",
+                    name,
+                )
+            elif secret.expires is not None and secret.expires <= soon:
+                finding("info", "secret-expiring", f"{name} expires on {secret.expires:%Y-%m-%d}", name)
+    for secret in plan.add:
+        finding(
+            "warning",
+            "secret-missing",
+            f"{secret.name} matches the link's policy but is not in the group",
+            secret.name,
+        )
+    return findings
+
+
+@dataclass
+class _Listing:
+    states: dict[str, SecretState]
+    started: int  # time.time_ns() when the listing began
+
+
+class _Run:
+    """One audit run's shared state; methods run on the two pools."""
+
+    def __init__(self, engine: Engine, *, dry_run: bool, progress: Progress | None) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.dry_run = dry_run
+        self.progress = progress
+        self.now = datetime.now(UTC)
+        self.report = AuditReport(started=self.now, finished=self.now, dry_run=dry_run)
+        self.lock = threading.Lock()
+        self.listings: dict[str, Future[_Listing]] = {}
+        self.vault_findings: set[str] = set()
+        self.done = 0
+        self.total = 0
+        self.vault_pool = ThreadPoolExecutor(self.settings.vault_concurrency, thread_name_prefix="kvlink-vault")
+        # Work threads mostly wait: on vault listings, or for one of the Azure DevOps slots.
+        self.work_pool = ThreadPoolExecutor(4 * self.settings.devops_concurrency + 8, thread_name_prefix="kvlink-audit")
+
+    # -- the run ------------------------------------------------------------------------
+    def run(self) -> AuditReport:
+        try:
+            # Organizations dropped from KVLINK_DEVOPS_ORGS are out of scope, links and all.
+            links = {
+                link.key: link
+                for link in self.engine.registry.list_links()
+                if self.settings.org_allowed(link.organization)
+            }
+            for link in links.values():
+                if self.settings.vault_allowed(link.vault):
+                    self.listing(link.vault)  # start early: listings are the slow part
+            seen: dict[GroupKey, tuple[str, str, VariableGroup]] = {}
+            scanned, failed = self.discover(seen)
+            reconciles = [
+                self.work_pool.submit(self.reconcile_listed, links.get(key), org, project, group)
+                for key, (org, project, group) in seen.items()
+            ]
+            self.total = len(reconciles)
+            reconciles += self.check_unlisted(links, seen, scanned, failed)
+            for future in as_completed(reconciles):
+                future.result()  # findings are recorded as we go; errors became findings
+                self.tick()
+            self.clear_vault_work()
+        finally:
+            self.vault_pool.shutdown(wait=True, cancel_futures=True)
+            self.work_pool.shutdown(wait=True, cancel_futures=True)
+        self.report.vaults = sum(1 for f in self.listings.values() if f.done() and f.exception() is None)
+        self.report.findings.sort(
+            key=lambda f: (
+                _SEVERITIES.index(f.severity),
+                f.organization or "",
+                f.project or "",
+                f.group or "",
+                f.secret or "",
+            )
+        )
+        self.report.finished = datetime.now(UTC)
+        return self.report
+
+    def discover(
+        self, seen: dict[GroupKey, tuple[str, str, VariableGroup]]
+    ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """List every project's groups (once each) and keep the allowed Key Vault ones."""
+        scopes = self.scopes()
+        futures = {self.work_pool.submit(self.list_groups, org, project): (org, project) for org, project in scopes}
+        scanned: set[tuple[str, str]] = set()
+        failed: set[tuple[str, str]] = set()
+        endpoint_checks = []
+        for future in as_completed(futures):
+            org, project = futures[future]
+            try:
+                groups = future.result()
+            except KvLinkError as err:
+                self.unreached(f"project {org}/{project}: {err}")
+                failed.add((org.lower(), project.lower()))
+                continue
+            scanned.add((org.lower(), project.lower()))
+            mine = []
+            for group in groups:
+                key = GroupKey(org.lower(), group.id)
+                vault = (group.vault or "").lower()
+                if not group.is_key_vault or key in seen or not vault or not self.settings.vault_allowed(vault):
+                    continue  # a group shared with several projects is listed by each: one group
+                seen[key] = (org, project, group)
+                mine.append(group)
+                self.listing(vault)
+            if mine:
+                endpoint_checks.append(self.work_pool.submit(self.check_endpoints, org, project, mine))
+        for check in endpoint_checks:
+            check.result()
+        return scanned, failed
+
+    def scopes(self) -> list[tuple[str, str]]:
+        if self.settings.devops_projects:
+            return list(self.settings.devops_projects)
+        scopes = []
+        for org in self.settings.devops_orgs:
+            try:
+                scopes += [(org, str(p["name"])) for p in self.engine.devops.list_projects(org)]
+            except KvLinkError as err:
+                self.unreached(f"organization {org}: {err}")
+        return scopes
+
+    def list_groups(self, org: str, project: str) -> list[VariableGroup]:
+        return list(self.engine.devops.list_groups(org, project))
+
+    # -- per group ----------------------------------------------------------------------
+    def reconcile_listed(self, link: Link | None, org: str, project: str, group: VariableGroup) -> None:
+        """One listed Key Vault group: linked (its policy) or discovered (prune, or ignore)."""
+        vault = (group.vault or "").lower()
+        if link is None:
+            link = Link(org, project, group.id, group.name, vault, Policy(), kind="discovered")
+            with self.lock:
+                self.report.new_discovered += 1
+            if not self.dry_run:
+                self.engine.registry.save_link(link, previous=None)
+        elif link.vault != vault:
+            self.add(
+                Finding(
+                    "error",
+                    "vault-changed",
+                    f"the link says vault {link.vault} but the group now maps vault {vault}; "
+                    "kvlink leaves it alone until it is linked again",
+                    link.organization,
+                    link.project,
+                    link.group_id,
+                    link.group_name,
+                    link.vault,
+                )
+            )
+            return
+        if link.prune_only and self.settings.unlinked_groups == "ignore":
+            self.count(link)
+            return
+        self.reconcile(link, group)
+
+    def reconcile(self, link: Link, group: VariableGroup) -> None:
+        self.count(link)
+        try:
+            listing = self.listing(link.vault).result()
+        except KvLinkError as err:
+            self.vault_failed(link.vault, err)
+            return
+        plan = plan_group(
+            group.variables,
+            listing.states,
+            link.policy,
+            complete=True,
+            prune_only=link.prune_only,
+            now=self.now,
+        )
+        findings = group_findings(
+            link, group, listing.states, plan, now=self.now, warning_days=self.settings.expiry_warning_days
+        )
+        if not plan.changed:
+            self.add(*findings)
+            return
+        observations = [Observation(state, at=listing.started) for state in listing.states.values()]
+        try:
+            outcome = self.engine.write_group(
+                link, observations, complete=True, dry_run=self.dry_run, known=group, origin="audit"
+            )
+        except KvLinkError as err:
+            self.add(
+                *findings,
+                Finding(
+                    "error",
+                    "write-failed",
+                    f"could not update the group: {err}",
+                    link.organization,
+                    link.project,
+                    link.group_id,
+                    link.group_name,
+                    link.vault,
+                ),
+            )
+            return
+        self.outcome(link, outcome, findings)
+
+    def outcome(self, link: Link, outcome: GroupOutcome, findings: list[Finding]) -> None:
+        plan = outcome.plan or Plan()
+        if outcome.status == "applied":
+            changed = {n.lower() for n in plan.remove} | {s.key for s in plan.add}
+            findings = [
+                replace(f, repaired=True) if f.kind in _DRIFT and (f.secret or "").lower() in changed else f
+                for f in findings
+            ]
+            with self.lock:
+                self.report.groups_changed += 1
+                self.report.names_added += len(plan.add)
+                self.report.names_removed += len(plan.remove)
+        elif outcome.status == "refused":
+            findings.append(
+                Finding(
+                    "error",
+                    "sync-refused",
+                    f"{outcome.message}; plan {json.dumps(plan.as_dict())}",
+                    link.organization,
+                    link.project,
+                    link.group_id,
+                    link.group_name,
+                    link.vault,
+                )
+            )
+        elif outcome.status in ("group-missing", "not-key-vault", "vault-changed"):
+            findings.append(
+                Finding(
+                    "error",
+                    "group-changed",
+                    outcome.message or outcome.status,
+                    link.organization,
+                    link.project,
+                    link.group_id,
+                    link.group_name,
+                    link.vault,
+                )
+            )
+        self.add(*findings)
+
+    def check_unlisted(
+        self,
+        links: Mapping[GroupKey, Link],
+        seen: Mapping[GroupKey, tuple[str, str, VariableGroup]],
+        scanned: set[tuple[str, str]],
+        failed: set[tuple[str, str]],
+    ) -> list[Future[None]]:
+        """Links whose group no listing showed: gone, unreachable, or outside the scanned projects."""
+        extra = []
+        for key, link in links.items():
+            if key in seen:
+                continue
+            where = (link.organization.lower(), link.project.lower())
+            if where in failed:
+                continue  # already reported as not reached
+            if where in scanned or not self.settings.devops_projects:
+                self.add(
+                    Finding(
+                        "error",
+                        "link-target-missing",
+                        f"linked group {link.group_name} (id "
+                        f"{link.group_id}) or its project {link.project} no longer exists",
+                        link.organization,
+                        link.project,
+                        link.group_id,
+                        link.group_name,
+                        link.vault,
+                    )
+                )
+                continue
+            extra.append(self.work_pool.submit(self.reconcile_one, link))  # outside KVLINK_DEVOPS_PROJECTS
+        self.total += len(extra)
+        return extra
+
+    def reconcile_one(self, link: Link) -> None:
+        try:
+            group = self.engine.devops.get_group(link.organization, link.project, link.group_id)
+        except KvLinkError as err:
+            self.unreached(f"group {link.organization}/{link.project}/{link.group_id}: {err}")
+            return
+        if group is None:
+            self.add(
+                Finding(
+                    "error",
+                    "link-target-missing",
+                    f"linked group {link.group_name} no longer exists",
+                    link.organization,
+                    link.project,
+                    link.group_id,
+                    link.group_name,
+                    link.vault,
+                )
+            )
+            return
+        self.listing(link.vault)
+        self.reconcile(link, group)
+
+    def check_endpoints(self, org: str, project: str, groups: list[VariableGroup]) -> None:
+        """One call per project: are the groups' service connections there and ready?"""
+        ids = {g.service_endpoint_id.lower() for g in groups if g.service_endpoint_id}
+        try:
+            endpoints = {
+                str(e.get("id", "")).lower(): e for e in self.engine.devops.get_service_endpoints(org, project, ids)
+            }
+        except KvLinkError as err:
+            self.unreached(f"service connections of {org}/{project}: {err}")
+            return
+        for group in groups:
+            endpoint = endpoints.get((group.service_endpoint_id or "").lower())
+            if endpoint is None:
+                message = "its service connection no longer exists: pipelines cannot download its secrets"
+                kind = "service-connection-missing"
+            elif endpoint.get("isReady") is False:
+                message = f"its service connection {endpoint.get('name')!r} is not ready"
+                kind = "service-connection-not-ready"
+            else:
+                continue
+            self.add(Finding("error", kind, message, org, project, group.id, group.name, group.vault))
+
+    # -- vaults ------------------------------------------------------------------------
+    def listing(self, vault: str) -> Future[_Listing]:
+        with self.lock:
+            future = self.listings.get(vault)
+            if future is None:
+                future = self.vault_pool.submit(self.list_vault, vault)
+                self.listings[vault] = future
+            return future
+
+    def list_vault(self, vault: str) -> _Listing:
+        started = time.time_ns()
+        return _Listing(self.engine.keyvault.list_secrets(vault), started)
+
+    def vault_failed(self, vault: str, err: KvLinkError) -> None:
+        with self.lock:
+            if vault in self.vault_findings:
+                return
+            self.vault_findings.add(vault)
+        if isinstance(err, UpstreamError):
+            self.add(Finding("error", "vault-unreadable", str(err), vault=vault))
+        else:
+            self.unreached(f"vault {vault}: {err}")
+
+    def clear_vault_work(self) -> None:
+        """The audit read every secret of these vaults: work the log path left before is done."""
+        if self.dry_run:
+            return
+        for vault, rows in self.engine.registry.vault_work().items():
+            future = self.listings.get(vault)
+            if future is None or not future.done() or future.exception() is not None:
+                continue
+            cutoff = future.result().started
+            done = [row for row in rows if row.queued_at is not None and row.queued_at.timestamp() * 1e9 < cutoff]
+            self.engine.registry.remove_vault_work(done)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def count(self, link: Link) -> None:
+        with self.lock:
+            if link.prune_only:
+                self.report.groups_discovered += 1
+            else:
+                self.report.groups_linked += 1
+
+    def add(self, *findings: Finding) -> None:
+        with self.lock:
+            self.report.findings.extend(findings)
+
+    def unreached(self, what: str) -> None:
+        logger.warning("Audit could not reach %s", what)
+        with self.lock:
+            self.report.unreached.append(what)
+
+    def tick(self) -> None:
+        with self.lock:
+            self.done += 1
+            done, total = self.done, self.total
+        if self.progress:
+            self.progress(done, total)
+
+
+def run_audit(
+    engine: Engine, *, dry_run: bool = False, store: bool = True, progress: Progress | None = None
+) -> AuditReport:
+    """Audit every organization; store and log the report, and announce it."""
+    dry_run = dry_run or engine.settings.mode == "report"
+    report = _Run(engine, dry_run=dry_run, progress=progress).run()
+    summary = report.summary()
+    logger.info("kvlink audit %s", json.dumps(summary, sort_keys=True))
+    if store:
+        engine.registry.save_report(summary, [f.as_json() for f in report.findings])
+    engine.notifier.audit_completed(summary)
+    return report
+
+
+__all__ = ["AuditReport", "Finding", "group_findings", "run_audit"]

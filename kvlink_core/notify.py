@@ -1,0 +1,113 @@
+"""Optional notifications: CloudEvents to an Event Grid custom topic, with ``azure-eventgrid``.
+
+``kvlink.group.updated`` for every group kvlink changes, by any path, and
+``kvlink.audit.completed`` once per audit run, so teams can route them to chat or
+tickets. Publishing is best effort: a failure is logged and never fails a sync.
+This is the only module that imports ``azure.eventgrid``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .tls import combined_bundle
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.eventgrid._legacy import EventGridPublisherClient
+
+    from .model import Link
+    from .plan import Plan
+    from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "/kvlink"
+GROUP_UPDATED = "kvlink.group.updated"
+AUDIT_COMPLETED = "kvlink.audit.completed"
+
+
+class Notifier:
+    """Publishes kvlink's CloudEvents when ``KVLINK_NOTIFY_TOPIC_ENDPOINT`` is set; otherwise does nothing."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        credential: TokenCredential | None,
+        *,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._endpoint = settings.notify_topic_endpoint
+        self._settings = settings
+        self._credential = credential
+        self._options: dict[str, Any] = {
+            "retry_total": 2,
+            "retry_backoff_factor": 0.5,
+            "connection_timeout": 5,
+            "read_timeout": 10,
+            "connection_verify": combined_bundle(settings.ca_bundle),
+            **(client_options or {}),
+        }
+        self._client: EventGridPublisherClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._endpoint)
+
+    def group_updated(self, link: Link, plan: Plan, *, origin: str) -> None:
+        self._publish(
+            GROUP_UPDATED,
+            subject=f"{link.organization}/{link.project}/{link.group_id}",
+            data={
+                "organization": link.organization,
+                "project": link.project,
+                "groupId": link.group_id,
+                "group": link.group_name,
+                "vault": link.vault,
+                "added": plan.added_names,
+                "removed": list(plan.remove),
+                "origin": origin,
+            },
+        )
+
+    def audit_completed(self, summary: Mapping[str, Any]) -> None:
+        self._publish(AUDIT_COMPLETED, subject="audit", data=dict(summary))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def _publish(self, event_type: str, *, subject: str, data: dict[str, Any]) -> None:
+        if not self._endpoint:
+            return
+        from azure.core.exceptions import AzureError
+        from azure.core.messaging import CloudEvent
+
+        event = CloudEvent(source=SOURCE, type=event_type, subject=subject, data=data)
+        try:
+            self._publisher().send([event])
+        except (AzureError, OSError, ValueError) as err:
+            # Never fail a sync because a notification could not be delivered.
+            logger.warning("Could not publish %s for %s: %s", event_type, subject, type(err).__name__)
+
+    def _publisher(self) -> EventGridPublisherClient:
+        with self._lock:
+            if self._client is None:
+                # The public EventGridPublisherClient of azure-eventgrid 4.22 builds its basic-topic client
+                # without the caller's transport options (timeouts, retries, CA bundle), and options
+                # passed to send() are logged as unknown CloudEvent attributes; the client it wraps
+                # takes them. Pinned in requirements.txt; tests/test_notify.py checks the behaviour.
+                from azure.eventgrid._legacy import EventGridPublisherClient
+
+                from .credentials import get_credential
+
+                assert self._endpoint is not None
+                credential = self._credential or get_credential(self._settings)
+                self._client = EventGridPublisherClient(self._endpoint, credential, **self._options)
+            return self._client

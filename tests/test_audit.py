@@ -1,0 +1,268 @@
+"""The nightly audit over a small estate seeded with every kind of drift."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+
+import azure.functions as func
+import pytest
+from azure.functions.timer import TimerRequest
+
+import function_app
+from kvlink_core import app as kvlink_app
+from kvlink_core.audit import run_audit
+from kvlink_core.cli import main as cli_main
+from kvlink_core.model import GroupKey, Link, Policy
+from kvlink_core.registry import AUDIT_TABLE
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC)
+
+
+class Estate2:
+    """Two organizations, three projects, four vaults, and one group per kind of drift."""
+
+    def __init__(self, estate) -> None:
+        self.e = estate
+        kv, ado = estate.kv, estate.ado
+        self.org_a, self.org_b = estate.org, f"{estate.org}b"
+        self.v1, self.v2, self.v3 = estate.vault, f"{estate.vault}b", f"{estate.vault}c"
+        self.v_foreign = f"{estate.vault}x"  # not in KVLINK_ALLOWED_VAULTS
+        self.env = {
+            "KVLINK_DEVOPS_ORGS": f"{self.org_a},{self.org_b}",
+            "KVLINK_ALLOWED_VAULTS": f"{self.v1},{self.v2},{self.v3}",
+            "KVLINK_EXPIRY_WARNING_DAYS": "30",
+        }
+        ado.add_project(self.org_a, "Platform")
+        ado.add_project(self.org_b, "Web")
+        ep_a = estate.endpoint_id
+        ep_platform = ado.add_service_endpoint(self.org_a, "Platform", "kv-connection")
+        ep_b = ado.add_service_endpoint(self.org_b, "Web", "kv-connection")
+        ep_broken = ado.add_service_endpoint(self.org_a, "Payments", "broken-connection", is_ready=False)
+
+        for name in ("ok", "new-one", "disabled-one", "expiring-soon", "expired-one", "cert-one"):
+            kv.set_secret(self.v1, name)
+        kv.update_secret(self.v1, "disabled-one", enabled=False)
+        kv.update_secret(self.v1, "expiring-soon", expires=NOW + timedelta(days=10))
+        kv.update_secret(self.v1, "expired-one", expires=NOW - timedelta(days=2))
+        kv.set_secret(self.v1, "cert-one", managed=True)
+        for name in ("web-key", "not-in-group", "m-keep"):
+            kv.set_secret(self.v2, name)
+        kv.set_secret(self.v3, "locked")
+        kv.deny(self.v3)
+
+        def group(org, project, name, vault, names, endpoint):
+            return ado.add_group(org, project, name, vault=vault, service_endpoint_id=endpoint, variables=names)
+
+        # G1: deleted and disabled names mapped, a matching secret missing
+        self.g1 = group(self.org_a, "Payments", "g1-drift", self.v1, ["ok", "deleted-one", "disabled-one"], ep_a)
+        # G2: in step, shared with Platform; expiring, expired and certificate-backed names
+        self.g2 = group(
+            self.org_a,
+            "Payments",
+            "g2-shared",
+            self.v1,
+            ["ok", "new-one", "expiring-soon", "expired-one", "cert-one"],
+            ep_a,
+        )
+        ado.share_group(self.org_a, self.g2, "Platform")
+        # G3: a Key Vault group nobody linked (discovered), with a deleted secret
+        self.g3 = group(self.org_b, "Web", "g3-unlinked", self.v2, ["web-key", "gone-web"], ep_b)
+        # G4: mirror group whose secrets were mostly deleted: the guard refuses
+        self.g4 = group(self.org_a, "Platform", "g4-storm", self.v2, ["m-keep", "m1", "m2", "m3", "m4"], ep_platform)
+        # G5: a vault kvlink may not list
+        self.g5 = group(self.org_a, "Payments", "g5-locked", self.v3, ["locked"], ep_a)
+        # G6: a link whose group is gone
+        self.g6 = group(self.org_a, "Payments", "g6-gone", self.v1, ["ok"], ep_a)
+        # G7: its service connection is not ready
+        self.g7 = group(self.org_a, "Payments", "g7-connection", self.v1, ["ok"], ep_broken)
+        # ignored: a plain group, and a Key Vault group on a vault outside the allow-list
+        ado.add_group(self.org_a, "Payments", "plain", variables={"x": {"value": "1"}})
+        kv.set_secret(self.v_foreign, "foreign")
+        group(self.org_a, "Payments", "foreign-kv", self.v_foreign, ["foreign"], ep_a)
+
+        self.engine = estate.engine(**self.env)
+        reg = self.engine.registry
+        for gid, name, vault, policy in (
+            (self.g1, "g1-drift", self.v1, Policy()),
+            (self.g2, "g2-shared", self.v1, Policy(include=("ok", "new-one", "expir*"))),
+            (self.g4, "g4-storm", self.v2, Policy(include=("m-*",), mode="mirror")),
+            (self.g5, "g5-locked", self.v3, Policy()),
+            (self.g6, "g6-gone", self.v1, Policy()),
+            (self.g7, "g7-connection", self.v1, Policy(include=("ok",))),
+        ):
+            project = "Platform" if gid == self.g4 else "Payments"
+            reg.save_link(Link(self.org_a, project, gid, name, vault, policy))
+        ado.delete_group(self.org_a, self.g6)
+        estate.ado.reset_calls()
+        estate.kv.reset_calls()
+
+    def names(self, org, gid):
+        return sorted(self.e.ado.variable_names(org, gid), key=str.lower)
+
+
+@pytest.fixture
+def big(estate):
+    return Estate2(estate)
+
+
+def kinds(report, *, group=None):
+    return sorted(
+        (f.kind, f.group or f.vault, f.secret, f.repaired) for f in report.findings if group is None or f.group == group
+    )
+
+
+class TestAudit:
+    def test_audit_repairs_reports_and_then_finds_nothing_to_change(self, big):
+        """Every kind of drift is found; what may be repaired is; a second run changes nothing."""
+        report = run_audit(big.engine)
+
+        assert kinds(report, group="g1-drift") == [
+            ("secret-deleted", "g1-drift", "deleted-one", True),
+            ("secret-disabled", "g1-drift", "disabled-one", True),
+            ("secret-missing", "g1-drift", "expired-one", True),
+            ("secret-missing", "g1-drift", "expiring-soon", True),
+            ("secret-missing", "g1-drift", "new-one", True),
+        ]
+        assert big.names(big.org_a, big.g1) == ["expired-one", "expiring-soon", "new-one", "ok"]
+        assert kinds(report, group="g2-shared") == [
+            ("secret-expired", "g2-shared", "expired-one", False),
+            ("secret-expiring", "g2-shared", "expiring-soon", False),
+            ("unmappable", "g2-shared", "cert-one", False),
+        ]
+        # discovered, pruned (never added to), and registered as discovered
+        assert kinds(report, group="g3-unlinked") == [("secret-deleted", "g3-unlinked", "gone-web", True)]
+        assert big.names(big.org_b, big.g3) == ["web-key"]
+        discovered = big.engine.registry.find_link(GroupKey(big.org_b.lower(), big.g3))
+        assert discovered is not None and discovered.kind == "discovered"
+        # refused by the guard: nothing removed
+        refused = [f for f in report.findings if f.kind == "sync-refused"]
+        assert [f.group for f in refused] == ["g4-storm"] and "KVLINK_MAX_REMOVAL_FRACTION" in refused[0].message
+        assert big.names(big.org_a, big.g4) == ["m-keep", "m1", "m2", "m3", "m4"]
+        unreadable = [f for f in report.findings if f.kind == "vault-unreadable"]
+        assert [f.vault for f in unreadable] == [big.v3] and "'List'" in unreadable[0].message
+        assert [(f.kind, f.group) for f in report.findings if f.kind == "link-target-missing"] == [
+            ("link-target-missing", "g6-gone")
+        ]
+        assert [(f.kind, f.group) for f in report.findings if f.kind.startswith("service-connection")] == [
+            ("service-connection-not-ready", "g7-connection")
+        ]
+        assert not any(f.vault == big.v_foreign or f.group == "plain" for f in report.findings), [
+            f for f in report.findings if f.vault == big.v_foreign or f.group == "plain"
+        ]
+
+        summary = report.summary()
+        assert summary["groups"] == {"linked": 5, "discovered": 1, "newlyDiscovered": 1, "changed": 2}
+        assert summary["names"] == {"added": 3, "removed": 3}
+        assert summary["vaults"] == 2  # v3 could not be listed
+        assert summary["driftRemains"] is True  # the refused storm, the locked vault...
+        stored = big.engine.registry.latest_report()
+        assert stored is not None and stored["names"] == {"added": 3, "removed": 3}
+        assert len(stored["findings"]) == len(report.findings)
+
+        big.e.ado.reset_calls()
+        second = run_audit(big.engine)
+        assert second.summary()["groups"]["changed"] == 0
+        assert big.e.ado.writes(big.org_a) == [] and big.e.ado.writes(big.org_b) == []
+        leftover = {
+            f.group for f in second.findings if f.kind in ("secret-deleted", "secret-disabled", "secret-missing")
+        }
+        assert leftover == {"g4-storm"}  # only the refused storm still has drift
+
+    def test_each_vault_listed_once_and_each_project_once(self, big):
+        """Listings: one pass per vault, one group listing per project, whatever shares them."""
+        run_audit(big.engine)
+        v1_pages = [c for c in big.e.kv.calls if c.path == f"/{big.v1}/secrets" and c.status == 200]
+        assert len(v1_pages) == 1  # 4 groups map v1; 6 secrets fit one page
+        group_lists = [c for c in big.e.ado.calls if c.method == "GET" and c.path.endswith("/variablegroups")]
+        assert len(group_lists) == 3  # Payments, Platform, Web
+        single_reads = [c for c in big.e.ado.calls if c.method == "GET" and "/variablegroups/" in c.path]
+        assert single_reads == []  # drifted groups are written from the listing, not re-read
+
+    def test_report_mode_changes_nothing(self, big):
+        """KVLINK_MODE=report: findings, no writes, no discovered links, nothing marked repaired."""
+        engine = big.e.engine(**big.env, KVLINK_MODE="report")
+        report = run_audit(engine)
+        assert big.e.ado.writes(big.org_a) == [] and big.e.ado.writes(big.org_b) == []
+        assert not any(f.repaired for f in report.findings)
+        assert engine.registry.find_link(GroupKey(big.org_b.lower(), big.g3)) is None
+        assert report.summary()["dryRun"] is True
+
+    def test_unreachable_vault_and_throttling_storm(self, big):
+        """A failing vault and a throttled project are reported as not reached; the rest completes."""
+        big.e.kv.inject(503, path=f"^/{big.v2}/secrets$", times=100)
+        # a 429 storm: short ones everywhere are waited out, one project stays throttled throughout
+        big.e.ado.inject(429, method="GET", retry_after=0.01, times=2)
+        big.e.ado.inject(
+            429, method="GET", path="/Web/_apis/distributedtask/variablegroups$", retry_after=0.01, times=100
+        )
+        report = run_audit(big.engine)
+        assert any(big.v2 in u for u in report.unreached)
+        assert any("/Web" in u and "429" in u for u in report.unreached)
+        assert big.names(big.org_a, big.g1) == ["expired-one", "expiring-soon", "new-one", "ok"]
+        assert big.names(big.org_b, big.g3) == ["gone-web", "web-key"]  # not reached: untouched
+        assert report.drift_remains
+
+    def test_a_kvlink_write_after_the_listing_is_not_lost(self, big, monkeypatch):
+        """If an event writes a group between the audit's listing and its write, the audit re-reads it."""
+        from standins.events import secret_event
+
+        engine = big.engine
+        original = engine.devops.list_groups
+
+        def list_then_event(org, project, **kwargs):
+            groups = list(original(org, project, **kwargs))
+            if project == "Payments":  # an event lands right after this project was listed
+                version = big.e.kv.set_secret(big.v1, "arrived-meanwhile")
+                engine.handle_event(secret_event(big.v1, "arrived-meanwhile", version))
+            return groups
+
+        monkeypatch.setattr(engine.devops, "list_groups", list_then_event)
+        run_audit(engine)
+        assert "arrived-meanwhile" in big.names(big.org_a, big.g1)
+        assert "new-one" in big.names(big.org_a, big.g1)
+
+
+class TestEntryPoints:
+    @pytest.fixture
+    def wired(self, big, monkeypatch):
+        for key, value in {**big.e.env, **big.env}.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(kvlink_app, "get_engine", lambda: big.engine)
+        return big
+
+    def test_timer_then_latest_report(self, wired, registered):
+        """nightly_audit (past due) runs the audit; GET /api/audit/latest serves its report."""
+        bindings = registered["nightly_audit"]["bindings"]
+        assert bindings[0]["type"] == "timerTrigger" and bindings[0]["schedule"] == "%KVLINK_AUDIT_SCHEDULE%"
+        assert bindings[0]["useMonitor"] is True
+
+        req = func.HttpRequest(method="GET", url="http://localhost/api/audit/latest", body=b"")
+        table = wired.engine.registry._table(AUDIT_TABLE)
+        for entity in list(table.list_entities()):  # reports of earlier tests share this Azurite
+            table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+        response = function_app.audit_latest(req)
+        assert response.status_code == 404 and b"NoAuditYet" in response.get_body()
+
+        function_app.nightly_audit(TimerRequest(past_due=True))
+
+        response = function_app.audit_latest(req)
+        body = json.loads(response.get_body())
+        assert response.status_code == 200
+        assert body["groups"]["changed"] == 2
+        assert {f["kind"] for f in body["findings"]} >= {"secret-deleted", "sync-refused", "vault-unreadable"}
+
+    def test_cli_audit(self, wired):
+        """The CLI prints the findings table and exits 2 while drift or errors remain; --json is the report."""
+        out, err = io.StringIO(), io.StringIO()
+        assert cli_main(["audit", "--dry-run"], out=out, err=err) == 2
+        text = out.getvalue()
+        assert "SEVERITY" in text and "secret-deleted" in text and "dry run:" in text
+        assert wired.e.ado.writes(wired.org_a) == []
+        out = io.StringIO()
+        assert cli_main(["audit", "--json"], out=out, err=err) == 2
+        report = json.loads(out.getvalue())
+        assert report["groups"]["changed"] == 2 and report["findings"]
