@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .errors import KvLinkError, UpstreamError
 from .model import GroupKey, Link, Policy, SecretState
 from .names import check_secret
-from .plan import Plan, plan_group
+from .plan import Decisions, Plan, decide, plan_group
 from .registry import Observation
 
 if TYPE_CHECKING:
@@ -128,9 +128,16 @@ def group_findings(
     *,
     now: datetime,
     warning_days: int,
+    notable: frozenset[str] | None = None,
 ) -> list[Finding]:
-    """What is wrong or worth knowing about one group, from its vault's full listing (pure)."""
+    """What is wrong or worth knowing about one group, from its vault's full listing (pure).
+
+    ``notable`` (from :func:`notable_secrets`, computed once per listing) spares the audit
+    looking closely at the ordinary names, which are nearly all of them.
+    """
     findings: list[Finding] = []
+    if notable is None:
+        notable = notable_secrets(listing, now=now, warning_days=warning_days)
 
     def finding(severity: Severity, kind: str, message: str, secret: str | None) -> None:
         findings.append(
@@ -149,8 +156,11 @@ def group_findings(
 
     soon = now + timedelta(days=warning_days)
     for name in sorted(group.variables, key=str.lower):
-        secret = listing.get(name.lower())
-        if check_secret(name):
+        key = name.lower()
+        secret = listing.get(key)
+        if secret is not None and key not in notable:
+            continue
+        if secret is None and check_secret(name):  # a listed name is a valid name
             finding(
                 "warning",
                 "unmappable",
@@ -200,10 +210,22 @@ def group_findings(
     return findings
 
 
+def notable_secrets(listing: Mapping[str, SecretState], *, now: datetime, warning_days: int) -> frozenset[str]:
+    """Keys of the secrets whose mapping is worth a finding: disabled, certificate-backed, expiring."""
+    soon = now + timedelta(days=warning_days)
+    return frozenset(
+        key
+        for key, secret in listing.items()
+        if not secret.enabled or secret.managed or (secret.expires is not None and secret.expires <= soon)
+    )
+
+
 @dataclass
 class _Listing:
     states: dict[str, SecretState]
     started: int  # time.time_ns() when the listing began
+    notable: frozenset[str] = frozenset()
+    decided: dict[tuple[Policy, bool], Decisions] = field(default_factory=dict)  # shared by its groups
 
 
 class _Run:
@@ -356,9 +378,16 @@ class _Run:
             complete=True,
             prune_only=link.prune_only,
             now=self.now,
+            decided=self.decisions(listing, link),
         )
         findings = group_findings(
-            link, group, listing.states, plan, now=self.now, warning_days=self.settings.expiry_warning_days
+            link,
+            group,
+            listing.states,
+            plan,
+            now=self.now,
+            warning_days=self.settings.expiry_warning_days,
+            notable=listing.notable,
         )
         if not plan.changed:
             self.add(*findings)
@@ -515,7 +544,20 @@ class _Run:
 
     def list_vault(self, vault: str) -> _Listing:
         started = time.time_ns()
-        return _Listing(self.engine.keyvault.list_secrets(vault), started)
+        states = self.engine.keyvault.list_secrets(vault)
+        notable = notable_secrets(states, now=self.now, warning_days=self.settings.expiry_warning_days)
+        return _Listing(states, started, notable)
+
+    def decisions(self, listing: _Listing, link: Link) -> Decisions:
+        """One set of decisions per vault and policy, however many groups share them."""
+        key = (link.policy, link.prune_only)
+        with self.lock:
+            decided = listing.decided.get(key)
+        if decided is None:
+            decided = decide(listing.states, link.policy, prune_only=link.prune_only, now=self.now)
+            with self.lock:
+                listing.decided[key] = decided
+        return decided
 
     def vault_failed(self, vault: str, err: KvLinkError) -> None:
         with self.lock:

@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote, urlsplit
 
 from .errors import TransientError, UpstreamError
 from .model import SecretState
-from .tls import combined_bundle
+from .tls import azure_transport_options, shared_session
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
-    from azure.keyvault.secrets import SecretClient, SecretProperties
+    from azure.keyvault.secrets import SecretClient
 
     from .settings import Settings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class KeyVault:
@@ -43,12 +43,18 @@ class KeyVault:
     ) -> None:
         self._settings = settings
         self._credential = credential
+        transport_options = azure_transport_options(settings.ca_bundle)
+        self._session = shared_session(
+            settings.ca_bundle,
+            pool_size=settings.vault_concurrency,
+            trust_env=bool(transport_options["use_env_settings"]),
+        )
         self._client_options: dict[str, Any] = {
             "retry_total": retry_total,
             "retry_backoff_factor": retry_backoff_factor,
             "connection_timeout": timeout,
             "read_timeout": timeout,
-            "connection_verify": combined_bundle(settings.ca_bundle),
+            "connection_verify": True,  # with the shared session's preloaded trust (tls.shared_session)
             # Stand-ins live on 127.0.0.1, which is not a *.vault.azure.net challenge domain.
             "verify_challenge_resource": not settings.emulator,
             **(client_options or {}),
@@ -64,12 +70,11 @@ class KeyVault:
         The whole listing or an error: a listing that fails part-way raises, so no
         caller can mistake a half-read vault for one whose secrets were deleted.
         """
-        client = self._client(vault)
 
         def listing() -> dict[str, SecretState]:
             states = {}
-            for props in client.list_properties_of_secrets(max_page_size=25):
-                state = _state(props)
+            for item in self._pages(vault, "/secrets"):
+                state = _state(item, versioned=False)
                 states[state.key] = state
             return states
 
@@ -82,30 +87,47 @@ class KeyVault:
         The current version is the newest by creation time, which Key Vault keeps in whole
         seconds; when two versions share the newest second, the one an event named wins.
         """
-        from azure.core.exceptions import ResourceNotFoundError
-
-        client = self._client(vault)
+        hint = (version_hint or "").lower()
 
         def newest() -> SecretState:
             try:
-                versions = list(client.list_properties_of_secret_versions(name, max_page_size=25))
-            except ResourceNotFoundError:
+                versions = list(self._pages(vault, f"/secrets/{quote(name, safe='')}/versions"))
+            except _NotFoundError:
                 return SecretState.missing(name)
             if not versions:
                 return SecretState.missing(name)
-            hint = (version_hint or "").lower()
-            current = max(
-                versions,
-                key=lambda p: (
-                    p.created_on or _EPOCH,
-                    (p.version or "").lower() == hint,
-                    p.updated_on or _EPOCH,
-                ),
-            )
-            return _state(current, name=name)
+            current = max(versions, key=lambda item: _version_order(item, hint))
+            return _state(current, versioned=True, name=name)
 
         with self._slots:
             return _translate(vault, f"read the versions of secret {name!r} in", newest)
+
+    def _pages(self, vault: str, path: str) -> Iterator[dict[str, Any]]:
+        """The items of a list operation, page by page, through the SDK's own pipeline.
+
+        ``SecretClient.send_request`` keeps everything the SDK does per request (the Key Vault
+        auth challenge, tokens, retries honouring Retry-After); kvlink reads the JSON itself
+        because the SDK's model layer costs several milliseconds of CPU per page -- the whole
+        budget of a large audit -- and kvlink needs five fields of each item.
+        """
+        from azure.core.rest import HttpRequest
+
+        client = self._client(vault)
+        origin = _origin(self._settings.vault_url(vault))
+        url: str | None = f"{path}?maxresults=25"
+        while url:
+            response = client.send_request(HttpRequest("GET", url))
+            if response.status_code == 404:
+                raise _NotFoundError(response)
+            if response.status_code != 200:
+                response.raise_for_status()
+                raise _UnexpectedError(response)  # a 1xx/3xx: not a Key Vault answer
+            body = response.json()
+            yield from body.get("value") or []
+            url = body.get("nextLink") or None
+            if url and _origin(url) != origin:
+                # The token would follow the link: only ever to the vault itself.
+                raise _UnexpectedError(response, f"nextLink leaves the vault ({_origin(url)})")
 
     def secret_states(
         self, vault: str, names: Iterable[str], *, version_hints: Mapping[str, str] | None = None
@@ -123,30 +145,66 @@ class KeyVault:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+            self._session.close()
 
     def _client(self, vault: str) -> SecretClient:
         key = vault.lower()
         with self._lock:
             client = self._clients.get(key)
             if client is None:
+                from azure.core.pipeline.transport import RequestsTransport
                 from azure.keyvault.secrets import SecretClient
 
-                client = SecretClient(self._settings.vault_url(key), self._credential, **self._client_options)
+                transport = RequestsTransport(session=self._session, session_owner=False)
+                client = SecretClient(
+                    self._settings.vault_url(key), self._credential, transport=transport, **self._client_options
+                )
                 self._clients[key] = client
             return client
 
 
-def _state(props: SecretProperties, *, name: str | None = None) -> SecretState:
+class _NotFoundError(Exception):
+    def __init__(self, response: Any) -> None:
+        super().__init__(404)
+        self.response = response
+
+
+class _UnexpectedError(Exception):
+    def __init__(self, response: Any, message: str | None = None) -> None:
+        super().__init__(message or f"unexpected HTTP {response.status_code}")
+        self.response = response
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+
+
+def _state(item: Mapping[str, Any], *, versioned: bool, name: str | None = None) -> SecretState:
+    """A list item (``SecretItem``) as kvlink needs it: never a value, which lists do not carry."""
+    # ids are https://{vault}/secrets/{name}[/{version}]; plain splitting is ~10x cheaper than urlsplit
+    segments = str(item.get("id") or "").rstrip("/").rsplit("/", 2)
+    attributes = item.get("attributes") or {}
     return SecretState(
-        name=name or props.name or "",
+        name=name or (segments[-2] if versioned else segments[-1]),
         exists=True,
-        enabled=props.enabled is not False,
-        content_type=props.content_type or None,
-        expires=props.expires_on,
-        not_before=props.not_before,
-        tags=dict(props.tags or {}),
-        managed=bool(props.managed),
+        enabled=attributes.get("enabled") is not False,
+        content_type=item.get("contentType") or None,
+        expires=_epoch(attributes.get("exp")),
+        not_before=_epoch(attributes.get("nbf")),
+        tags=dict(item.get("tags") or {}),
+        managed=bool(item.get("managed")),
     )
+
+
+def _version_order(item: Mapping[str, Any], hint: str) -> tuple[int, bool, int]:
+    attributes = item.get("attributes") or {}
+    version = str(item.get("id") or "").rstrip("/").rsplit("/", 1)[-1].lower()
+    return (int(attributes.get("created") or 0), bool(hint) and version == hint, int(attributes.get("updated") or 0))
+
+
+def _epoch(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(int(value), tz=UTC) if value else None
 
 
 def _translate(vault: str, action: str, call: Callable[[], T]) -> T:
@@ -161,6 +219,10 @@ def _translate(vault: str, action: str, call: Callable[[], T]) -> T:
 
     try:
         return call()
+    except _NotFoundError as err:
+        raise UpstreamError("keyvault", 404, f"vault {vault!r} was not found (cannot {action} it)") from err
+    except _UnexpectedError as err:
+        raise UpstreamError("keyvault", err.response.status_code, f"vault {vault!r}: {err} ({action})") from err
     except ClientAuthenticationError as err:
         raise UpstreamError(
             "keyvault",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,9 +32,10 @@ class SecretState:
         """A secret that is deleted, purged or was never there."""
         return cls(name=name, exists=False, enabled=False)
 
-    @property
-    def key(self) -> str:
-        return self.name.lower()  # Key Vault names are case-insensitive
+    key: str = field(init=False, repr=False, compare=False)  # lower-cased name: Key Vault is case-insensitive
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.name.lower())
 
     def expired(self, now: datetime) -> bool:
         return self.expires is not None and self.expires <= now
@@ -50,17 +53,25 @@ class Policy:
 
     def matches(self, secret: SecretState) -> bool:
         """Name patterns and required tags; case-insensitive like Key Vault itself."""
-        name = secret.name.lower()
-        if not any(fnmatch.fnmatchcase(name, p.lower()) for p in self.include):
+        name = secret.key
+        if not _globs(self.include).match(name) or _globs(self.exclude).match(name):
             return False
-        if any(fnmatch.fnmatchcase(name, p.lower()) for p in self.exclude):
-            return False
+        if not self.tags:
+            return True
         tags = {k.lower(): v for k, v in secret.tags.items()}
         for key, value in self.tags:
             actual = tags.get(key.lower())
             if actual is None or (value is not None and actual != value):
                 return False
         return True
+
+
+@functools.cache
+def _globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One compiled, case-insensitive regex for a tuple of globs (planning runs it per secret per group)."""
+    if not patterns:
+        return re.compile(r"(?!)")  # matches nothing
+    return re.compile("|".join(f"(?:{fnmatch.translate(p.lower())})" for p in patterns))
 
 
 @dataclass(frozen=True, slots=True)

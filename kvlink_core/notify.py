@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .tls import combined_bundle
+from .tls import azure_transport_options
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -48,7 +48,7 @@ class Notifier:
             "retry_backoff_factor": 0.5,
             "connection_timeout": 5,
             "read_timeout": 10,
-            "connection_verify": combined_bundle(settings.ca_bundle),
+            **azure_transport_options(settings.ca_bundle),
             **(client_options or {}),
         }
         self._client: EventGridPublisherClient | None = None

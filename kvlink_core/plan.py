@@ -52,6 +52,29 @@ class Plan:
         return {"add": self.added_names, "remove": list(self.remove), "unchanged": self.unchanged}
 
 
+@dataclass(frozen=True, slots=True)
+class Decisions:
+    """Every secret's decision under one policy: computed once, shared by every group that needs it."""
+
+    present: Mapping[str, SecretState]  # key -> secret that belongs in the group
+    absent: frozenset[str]  # keys that must not be in the group
+
+
+def decide(
+    secrets: Mapping[str, SecretState], policy: Policy, *, prune_only: bool = False, now: datetime | None = None
+) -> Decisions:
+    now = now or datetime.now(UTC)
+    present: dict[str, SecretState] = {}
+    absent: set[str] = set()
+    for key, secret in secrets.items():
+        decision = desired(secret, policy, prune_only=prune_only, now=now)
+        if decision is Desired.PRESENT:
+            present[key] = secret
+        elif decision is Desired.ABSENT:
+            absent.add(key)
+    return Decisions(present, frozenset(absent))
+
+
 def plan_group(
     variables: Mapping[str, Any],
     secrets: Mapping[str, SecretState],
@@ -60,23 +83,19 @@ def plan_group(
     complete: bool,
     prune_only: bool = False,
     now: datetime | None = None,
+    decided: Decisions | None = None,
 ) -> Plan:
     """Plan one group against the secrets kvlink knows about.
 
     ``secrets`` is keyed by lower-cased name. With ``complete`` it is the vault's full
     listing, so a mapped name it lacks belongs to a deleted secret; without it, names
-    kvlink knows nothing about are left alone.
+    kvlink knows nothing about are left alone. ``decided`` may carry :func:`decide`'s
+    result for these secrets and this policy, when many groups share them (the audit).
     """
-    now = now or datetime.now(UTC)
+    decided = decided or decide(secrets, policy, prune_only=prune_only, now=now)
     current = {name.lower(): name for name in variables}
-    add: list[SecretState] = []
-    remove: list[str] = []
-    for key, secret in secrets.items():
-        decision = desired(secret, policy, prune_only=prune_only, now=now)
-        if decision is Desired.PRESENT and key not in current:
-            add.append(secret)
-        elif decision is Desired.ABSENT and key in current:
-            remove.append(current[key])
+    add = [secret for key, secret in decided.present.items() if key not in current]
+    remove = [name for key, name in current.items() if key in decided.absent]
     if complete:
         remove += [name for key, name in current.items() if key not in secrets]
     add.sort(key=lambda s: s.key)

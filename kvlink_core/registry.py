@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import TransientError
 from .model import GroupKey, Link, Policy, SecretState
+from .tls import azure_transport_options
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -481,7 +482,12 @@ class Registry:
             from azure.data.tables import TableServiceClient
 
             storage = self._settings.storage
-            options: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.4, **self._client_options}
+            options: dict[str, Any] = {
+                "retry_total": 3,
+                "retry_backoff_factor": 0.4,
+                "use_env_settings": azure_transport_options(None)["use_env_settings"],
+                **self._client_options,
+            }
             if storage.connection_string:
                 self._service = TableServiceClient.from_connection_string(storage.connection_string, **options)
             else:

@@ -1,0 +1,1 @@
+"""kvlink's benchmarks: run with `make bench`; results land in bench/results.md."""

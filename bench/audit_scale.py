@@ -1,0 +1,236 @@
+"""Audit at scale: kvlink's audit against a straightforward sequential one, and the lower bound.
+
+    python -m bench.audit_scale                 # 1,000 groups, 200 vaults, 100,000 secrets, 20 ms per call
+    python -m bench.audit_scale --groups 40 --vaults 8 --secrets 800   # a quick look
+
+Each contender gets a fresh estate (stand-ins in their own process, a fresh Azurite) and
+runs in a fresh process of its own, so wall time, call counts and peak memory are its own.
+Calls are counted at the clients (retries included); Key Vault's one-time 401 auth
+challenges are counted apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.estate import PAT, Shape
+from standins.azurite import Azurite
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CountingTransport(httpx.HTTPTransport):
+    def __init__(self, counter: Counter[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.counter = counter
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.counter[f"devops {request.method}"] += 1
+        return super().handle_request(request)
+
+
+def _engine(counter: Counter[str]) -> Any:
+    """kvlink's engine on the environment's settings, with every client counting its calls."""
+    from kvlink_core.credentials import get_credential
+    from kvlink_core.devops import DevOps
+    from kvlink_core.keyvault import KeyVault
+    from kvlink_core.registry import Registry
+    from kvlink_core.settings import Settings
+    from kvlink_core.sync import Engine
+    from kvlink_core.tls import ssl_context
+
+    settings = Settings.from_env()
+
+    def on_kv(response: Any) -> None:
+        status = response.http_response.status_code
+        counter["keyvault challenge" if status == 401 else "keyvault GET"] += 1
+
+    def on_table(request: Any) -> None:
+        counter[f"table {request.http_request.method}"] += 1
+
+    transport = CountingTransport(counter, verify=ssl_context(settings.ca_bundle))
+    return Engine(
+        settings,
+        keyvault=KeyVault(settings, get_credential(settings), client_options={"raw_response_hook": on_kv}),
+        devops=DevOps(settings, None, transport=transport),
+        registry=Registry(settings, client_options={"raw_request_hook": on_table}),
+    )
+
+
+def run_kvlink() -> dict[str, Any]:
+    from kvlink_core.audit import run_audit
+
+    counter: Counter[str] = Counter()
+    engine = _engine(counter)
+    started = time.perf_counter()
+    report = run_audit(engine)
+    elapsed = time.perf_counter() - started
+    summary = report.summary()
+    return {
+        "seconds": elapsed,
+        "calls": dict(counter),
+        "changed": summary["groups"]["changed"],
+        "added": summary["names"]["added"],
+        "unreached": summary["unreached"],
+    }
+
+
+def run_sequential() -> dict[str, Any]:
+    """The straightforward audit: one thing at a time; each vault listed once (cached); re-read before a write."""
+    from kvlink_core.model import GroupKey, Policy
+    from kvlink_core.plan import apply_plan, plan_group
+
+    counter: Counter[str] = Counter()
+    engine = _engine(counter)
+    started = time.perf_counter()
+    links = {link.key: link for link in engine.registry.list_links()}
+    listings: dict[str, Any] = {}
+    changed = added = 0
+    for org in engine.settings.devops_orgs:
+        for project in engine.devops.list_projects(org):
+            for group in engine.devops.list_groups(org, project["name"]):
+                if not group.is_key_vault or not group.vault:
+                    continue
+                link = links.get(GroupKey(org.lower(), group.id))
+                policy, prune = (link.policy, link.prune_only) if link else (Policy(), True)
+                if group.vault not in listings:
+                    listings[group.vault] = engine.keyvault.list_secrets(group.vault)
+                plan = plan_group(group.variables, listings[group.vault], policy, complete=True, prune_only=prune)
+                if plan.changed:
+                    fresh = engine.devops.get_group(org, project["name"], group.id)
+                    assert fresh is not None
+                    engine.devops.update_group(org, fresh, apply_plan(fresh.variables, plan))
+                    changed += 1
+                    added += len(plan.add)
+    elapsed = time.perf_counter() - started
+    return {"seconds": elapsed, "calls": dict(counter), "changed": changed, "added": added, "unreached": []}
+
+
+def worker(kind: str) -> None:
+    if os.environ.get("BENCH_PROFILE"):
+        import cProfile
+        import pstats
+
+        with cProfile.Profile() as profile:
+            result = run_kvlink() if kind == "kvlink" else run_sequential()
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+    else:
+        result = run_kvlink() if kind == "kvlink" else run_sequential()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+    result["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 2)
+    print(json.dumps(result))
+
+
+def contend(kind: str, shape: Shape) -> dict[str, Any]:
+    """Fresh stand-ins, fresh Azurite, the links registered, then the contender in its own process."""
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "bench.estate", "--shape", json.dumps(asdict(shape))],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert serve.stdout is not None
+    assert serve.stdin is not None
+    estate = json.loads(serve.stdout.readline())
+    try:
+        with Azurite() as azurite:
+            env = {
+                **os.environ,
+                "KVLINK_DEVOPS_ORGS": ",".join(shape.org(i) for i in range(shape.orgs)),
+                "KVLINK_ALLOWED_VAULTS": "*",
+                "AZURE_DEVOPS_PAT": PAT,
+                "AzureWebJobsStorage": azurite.connection_string,
+                "KVLINK_DEVOPS_URL": estate["ado"],
+                "KVLINK_VAULT_URL": estate["kv"],
+                "KVLINK_CA_BUNDLE": estate["ca"],
+                "KVLINK_EMULATOR": "1",
+            }
+            _register_links(env, estate["groups"])
+            command = [sys.executable, "-m", "bench.audit_scale", "--worker", kind]
+            if os.environ.get("BENCH_WORKER_SCRIPT"):  # profiling: run this script instead
+                command = [sys.executable, os.environ["BENCH_WORKER_SCRIPT"]]
+            out = subprocess.run(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+                check=True,
+            )
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            result["standins_cpu_seconds"] = _cpu_seconds(serve.pid)
+            return result
+    finally:
+        serve.stdin.close()
+        serve.wait(timeout=60)
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a live process, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
+def _register_links(env: dict[str, str], groups: list[dict[str, Any]]) -> None:
+    from kvlink_core.model import Link
+    from kvlink_core.registry import Registry
+    from kvlink_core.settings import Settings
+
+    registry = Registry(Settings.from_env(env))
+    for g in groups:
+        if g["linked"]:
+            registry.save_link(Link(g["org"], g["project"], g["group_id"], g["name"], g["vault"]), previous=None)
+    registry.close()
+
+
+def lower_bound(shape: Shape, drifted: int) -> dict[str, int]:
+    pages = shape.vaults * math.ceil(shape.secrets / shape.vaults / 25)
+    projects = shape.orgs * shape.projects
+    return {"vault pages": pages, "group listings": projects, "writes": drifted}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", choices=["kvlink", "sequential"], help=argparse.SUPPRESS)
+    for field, default in asdict(Shape()).items():
+        parser.add_argument(f"--{field}", type=type(default), default=default)
+    parser.add_argument("--skip-sequential", action="store_true", help="only run kvlink's audit")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "audit_scale.json"))
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker)
+        return
+    shape = Shape(**{k: getattr(args, k) for k in asdict(Shape())})
+    print(f"estate: {shape}", flush=True)
+    results = {"shape": asdict(shape), "kvlink": contend("kvlink", shape)}
+    print(f"kvlink:     {results['kvlink']}", flush=True)
+    if not args.skip_sequential:
+        results["sequential"] = contend("sequential", shape)
+        print(f"sequential: {results['sequential']}", flush=True)
+    drifted = results["kvlink"]["changed"]
+    results["lower_bound"] = lower_bound(shape, drifted)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
