@@ -1,12 +1,17 @@
 # The README's two commands: `make demo` and `make test`. Each sets up what it needs first:
-# a virtualenv with pinned Python dependencies, and Azurite (npm) under tools/.
+# a virtualenv with pinned Python dependencies, Azurite (npm) under tools/, and for `make test`
+# checkov in its own virtualenv (tools/checkov-venv) so its pins never meet the app's.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-installed
 AZURITE := tools/node_modules/.bin/azurite-table
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := tools/checkov-venv
+CHECKOV_STAMP := $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
+CHECKOV_REPORT := $(CHECKOV_VENV)/report.json
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint infra-check bench clean
 
 setup: $(STAMP) $(AZURITE)
 
@@ -21,6 +26,21 @@ $(AZURITE): tools/package.json tools/package-lock.json
 	npm ci --prefix tools --no-audit --no-fund --loglevel=error
 	touch $@
 
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+	touch $@
+
+# Static analysis of the Bicep templates. Fails on any failed check that the template does not skip
+# with a reason (`// checkov:skip=CKV_...:reason`), and on any .bicep file checkov cannot parse:
+# checkov itself only counts parsing errors and still exits 0.
+infra-check: $(CHECKOV_STAMP)
+	$(CHECKOV_VENV)/bin/checkov -d infra --framework bicep --quiet --compact --skip-download \
+		--output cli --output json --output-file-path console,$(CHECKOV_REPORT)
+	$(CHECKOV_VENV)/bin/python -c 'import json, sys; s = json.load(open(sys.argv[1]))["summary"]; e = s["parsing_errors"]; \
+		sys.exit("infra-check: checkov could not parse %d Bicep file(s); tests/test_infra.py names them" % e if e \
+		else "infra-check: checkov found no Bicep resources under infra/" if not s["resource_count"] else 0)' $(CHECKOV_REPORT)
+
 demo: setup
 	$(BIN)/python -m kvlink_core demo
 
@@ -29,8 +49,11 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint infra-check
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) $(CHECKOV_VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache .coverage
+
+bench: setup
+	$(BIN)/python -m bench

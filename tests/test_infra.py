@@ -1,0 +1,280 @@
+"""The Bicep templates grant least privilege and set every setting the code reads.
+
+The templates are parsed with pycep, the parser checkov uses (same pin), into a JSON-like tree:
+literal strings appear as themselves, references to parameters and variables as their names.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pycep import BicepParser
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
+
+# Settings the code reads, collected as tests/test_docs.py does: the settings module, plus the
+# connection names and %EXPRESSIONS% of the bindings in function_app.py.
+SETTINGS_SOURCE = (ROOT / "kvlink_core" / "settings.py").read_text()
+CODE_SETTINGS = set(re.findall(r'"((?:KVLINK|AZURE)_[A-Z_]+|AzureWebJobsStorage)"', SETTINGS_SOURCE))
+BINDING_SOURCE = (ROOT / "function_app.py").read_text()
+CODE_SETTINGS |= set(re.findall(r'connection="([A-Za-z_]+)"', BINDING_SOURCE))
+CODE_SETTINGS |= set(re.findall(r'"%([A-Za-z_]+)%"', BINDING_SOURCE))
+
+# Read by the code, never set in Azure: stand-in switches, and a PAT (kvlink uses its managed identity).
+NOT_IN_AZURE = {"KVLINK_EMULATOR", "KVLINK_CA_BUNDLE", "AZURE_DEVOPS_PAT"}
+# Connections that are identity-based in Azure: the prefix is satisfied by these settings.
+IDENTITY_CONNECTIONS = {
+    "AzureWebJobsStorage": {"credential", "clientId", "blobServiceUri", "queueServiceUri", "tableServiceUri"},
+    "KVLINK_EVENTHUB": {"fullyQualifiedNamespace", "credential", "clientId"},
+}
+
+KEY_VAULT_READER = "21090545-7ca7-4776-b22c-e363652d74d2"
+# Built-in Key Vault roles that read secret values or key material, or grant data access.
+VALUE_READING_ROLES = {
+    "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
+    "b86a8fe4-44ce-4948-aee5-eccb2c155cd7": "Key Vault Secrets Officer",
+    "00482a5a-887f-4fb3-b363-3b7fe8e74483": "Key Vault Administrator",
+    "14b46e9e-c2b7-41b4-b07b-48a6ebf60603": "Key Vault Crypto Officer",
+    "12338af0-0e69-4776-bea7-57ae8d297424": "Key Vault Crypto User",
+    "e147488a-f6f5-4113-8e2d-b22465e65bf6": "Key Vault Crypto Service Encryption User",
+    "08bbd89e-9f13-488c-ac41-acfcb10c90ab": "Key Vault Crypto Service Release User",
+    "a4417e6f-fecd-4de8-b567-7b0420556985": "Key Vault Certificates Officer",
+    "db79e9a7-68ee-4b58-9aeb-b90e7c24fcba": "Key Vault Certificate User",
+    "8b54135c-b56d-4d72-a534-26097cfdc8d8": "Key Vault Data Access Administrator",
+}
+SECRET_EVENTS = {
+    "Microsoft.KeyVault.SecretNewVersionCreated",
+    "Microsoft.KeyVault.SecretNearExpiry",
+    "Microsoft.KeyVault.SecretExpired",
+}
+GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@functools.cache
+def parse(path: Path) -> dict[str, Any]:
+    return BicepParser().parse(text=path.read_text())
+
+
+def body(element: dict[str, Any]) -> dict[str, Any]:
+    """A resource's or module's object, without its condition or loop wrapper."""
+    config = element["config"]
+    while "loop_type" in config or "condition" in config:
+        config = config["config"]
+    return config
+
+
+def condition(element: dict[str, Any]) -> Any:
+    return element["config"].get("condition")
+
+
+def resources(resource_type: str) -> list[tuple[Path, str, dict[str, Any]]]:
+    """Every declared (not `existing`) resource of a type, in every template."""
+    found = []
+    for path in BICEP_FILES:
+        for name, resource in parse(path).get("resources", {}).items():
+            if resource["type"].lower() == resource_type.lower() and not resource["existing"]:
+                found.append((path, name, resource))
+    return found
+
+
+def resolve(path: Path, value: Any) -> Any:
+    """A variable's literal value, or the value itself."""
+    variables = parse(path).get("variables", {})
+    if isinstance(value, str) and value in variables:
+        return variables[value]["value"]
+    return value
+
+
+def role_id(path: Path, assignment: dict[str, Any]) -> str:
+    role = body(assignment)["properties"]["roleDefinitionId"]["function"]
+    assert role["type"] == "subscription_resource_id", f"{path.name}: role ids go through subscriptionResourceId"
+    assert role["parameters"]["resource_type"] == "Microsoft.Authorization/roleDefinitions"
+    return resolve(path, role["parameters"]["resource_name_1"])
+
+
+def app_settings() -> dict[str, Any]:
+    return parse(INFRA / "main.bicep")["variables"]["appSettings"]["value"]
+
+
+def test_every_bicep_file_parses():
+    """Every template parses with checkov's parser, so checkov really checks all of them."""
+    assert BICEP_FILES, "no templates under infra/"
+    failures = {}
+    for path in BICEP_FILES:
+        try:
+            parse(path)
+        except Exception as error:  # pycep raises lark's exceptions
+            failures[str(path.relative_to(ROOT))] = str(error).splitlines()[0]
+    assert failures == {}
+
+
+def test_access_policies_grant_only_list_on_secrets():
+    """Access policies grant the secret permission "list" only: no get, set or all, no keys or certificates."""
+    policies = resources("Microsoft.KeyVault/vaults/accessPolicies")
+    assert policies, "the access-policy path is missing"
+    for path, name, resource in policies:
+        for entry in body(resource)["properties"]["accessPolicies"]:
+            permissions = entry["permissions"]
+            assert permissions["secrets"] == ["list"], f"{path.name}:{name}"
+            assert all(not granted for kind, granted in permissions.items() if kind != "secrets"), f"{path.name}:{name}"
+
+
+def test_no_role_assignment_reads_key_vault_values():
+    """No role assignment uses a value-reading Key Vault role (Secrets User/Officer, Administrator, Crypto*...)."""
+    assignments = resources("Microsoft.Authorization/roleAssignments")
+    assert assignments
+    for path, name, assignment in assignments:
+        role = role_id(path, assignment)
+        assert GUID.match(role), f"{path.name}:{name}: role id {role!r} is not a literal built-in role id"
+        assert role not in VALUE_READING_ROLES, f"{path.name}:{name} assigns {VALUE_READING_ROLES.get(role)}"
+
+
+def test_rbac_vaults_get_key_vault_reader_and_policy_vaults_get_list():
+    """Per vault: Key Vault Reader on RBAC vaults, the "list" policy otherwise, and AuditEvent logs to the hub."""
+    path = INFRA / "core" / "keyvault" / "vault-access.bicep"
+    template = parse(path)
+    reader = template["resources"]["readerRole"]
+    policy = template["resources"]["listPolicy"]
+    assert role_id(path, reader) == KEY_VAULT_READER
+    assert condition(reader) == "rbac"
+    assert body(reader)["scope"] == "vault"
+    assert condition(policy) == {"operator": {"type": "not", "operands": {"bool_value": "rbac"}}}
+    diagnostics = body(template["resources"]["auditToEventHub"])
+    assert diagnostics["scope"] == "vault"
+    assert diagnostics["properties"]["logs"] == [{"category": "AuditEvent", "enabled": True}]
+    assert diagnostics["properties"]["eventHubName"] == "eventHubName"
+    # vaults.bicep hands each vault's permission model to the module.
+    access = body(parse(INFRA / "vaults.bicep")["modules"]["vaultAccess"])
+    assert access["params"]["rbac"] == {
+        "operator": {"type": "property_accessor", "operands": {"operand_1": "vault", "operand_2": "rbac"}}
+    }
+
+
+def test_role_assignments_are_named_by_scope_principal_and_role():
+    """Every role assignment is named guid(scope.id, principal, role) and targets a service principal."""
+    for path, name, assignment in resources("Microsoft.Authorization/roleAssignments"):
+        config = body(assignment)
+        assert config["name"]["function"]["type"] == "guid", f"{path.name}:{name}"
+        assert len(config["name"]["function"]["parameters"]) == 3, f"{path.name}:{name}"
+        assert config["properties"]["principalType"] == "ServicePrincipal", f"{path.name}:{name}"
+
+
+def test_storage_accounts_refuse_shared_keys():
+    """Storage accepts only Entra ID tokens (allowSharedKeyAccess false) and no anonymous blob access."""
+    accounts = resources("Microsoft.Storage/storageAccounts")
+    assert accounts
+    for path, name, account in accounts:
+        properties = body(account)["properties"]
+        assert properties["allowSharedKeyAccess"] is False, f"{path.name}:{name}"
+        assert properties["allowBlobPublicAccess"] is False, f"{path.name}:{name}"
+
+
+def test_monitoring_disables_local_auth():
+    """Application Insights and Log Analytics accept only Entra ID (local auth disabled)."""
+    (insights,) = resources("Microsoft.Insights/components")
+    (workspace,) = resources("Microsoft.OperationalInsights/workspaces")
+    assert body(insights[2])["properties"]["DisableLocalAuth"] is True
+    assert body(workspace[2])["properties"]["features"]["disableLocalAuth"] is True
+
+
+def test_function_app_sets_every_setting_the_code_reads():
+    """Every setting the code reads is an app setting (identity-based connections through their __ variants)."""
+    assert {"KVLINK_DEVOPS_ORGS", "KVLINK_EVENTHUB", "KVLINK_AUDIT_SCHEDULE", "AzureWebJobsStorage"} <= CODE_SETTINGS
+    settings = app_settings()
+    missing = set()
+    for name in CODE_SETTINGS - NOT_IN_AZURE:
+        if name in IDENTITY_CONNECTIONS:
+            missing |= {f"{name}__{part}" for part in IDENTITY_CONNECTIONS[name]} - set(settings)
+        elif name not in settings:
+            missing.add(name)
+    assert missing == set()
+    assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    assert settings["KVLINK_EVENTHUB__credential"] == "managedidentity"
+    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"].endswith(";Authorization=AAD")
+    assert "APPLICATIONINSIGHTS_CONNECTION_STRING" in settings
+    # The set reaches the app: main.bicep passes it, the host module applies every entry.
+    assert body(parse(INFRA / "main.bicep")["modules"]["functionApp"])["params"]["appSettings"] == "appSettings"
+    host = parse(INFRA / "core" / "host" / "flex-function-app.bicep")["resources"]["functionApp"]
+    applied = body(host)["properties"]["siteConfig"]["appSettings"]["loop_type"]
+    assert applied == {"type": "object", "detail": {"item_name": "setting", "object_name": "appSettings"}}
+
+
+def test_no_local_or_pat_settings_in_azure():
+    """KVLINK_EMULATOR, KVLINK_CA_BUNDLE and AZURE_DEVOPS_PAT are not set in Azure."""
+    assert NOT_IN_AZURE <= CODE_SETTINGS
+    assert NOT_IN_AZURE & set(app_settings()) == set()
+
+
+def test_function_app_is_flex_consumption_python_311():
+    """The app runs on Flex Consumption (FC1), Linux, Python 3.11, as its user-assigned identity."""
+    path = INFRA / "core" / "host" / "flex-function-app.bicep"
+    template = parse(path)
+    plan = body(template["resources"]["plan"])
+    assert plan["sku"] == {"tier": "FlexConsumption", "name": "FC1"}
+    site = body(template["resources"]["functionApp"])
+    assert site["kind"] == "functionapp,linux"
+    assert site["identity"]["type"] == "UserAssigned"
+    assert site["properties"]["functionAppConfig"]["deployment"]["storage"]["authentication"]["type"] == (
+        "UserAssignedIdentity"
+    )
+    module = body(parse(INFRA / "main.bicep")["modules"]["functionApp"])
+    assert (module["params"]["runtimeName"], module["params"]["runtimeVersion"]) == ("python", "3.11")
+
+
+def test_event_subscription_delivers_the_three_secret_events_with_retry_and_dead_letter():
+    """on_secret_event gets exactly the three secret events, Event Grid schema, with a retry policy and dead letters."""
+    (subscription,) = resources("Microsoft.EventGrid/systemTopics/eventSubscriptions")
+    properties = body(subscription[2])["properties"]
+    events = properties["filter"]["includedEventTypes"]
+    assert sorted(events) == sorted(SECRET_EVENTS)
+    assert properties["eventDeliverySchema"] == "EventGridSchema"
+    assert properties["destination"]["endpointType"] == "AzureFunction"
+    assert set(properties["retryPolicy"]) == {"maxDeliveryAttempts", "eventTimeToLiveInMinutes"}
+    dead_letter = properties["deadLetterWithResourceIdentity"]
+    assert dead_letter["deadLetterDestination"]["endpointType"] == "StorageBlob"
+    assert dead_letter["deadLetterDestination"]["properties"]["blobContainerName"] == "deadLetterContainerName"
+    assert dead_letter["identity"]["type"] == "UserAssigned"
+    # vaults.bicep points every vault's subscription at the on_secret_event function.
+    events_module = body(parse(INFRA / "vaults.bicep")["modules"]["vaultEvents"])
+    assert events_module["params"]["functionResourceId"] == "${functionAppId}/functions/on_secret_event"
+    assert "def on_secret_event(" in BINDING_SOURCE
+
+
+def test_vault_resources_stay_out_of_the_azd_deployment():
+    """main.bicep deploys nothing into the vaults' resource groups, so `azd down` can never delete them."""
+    main = parse(INFRA / "main.bicep")
+    paths = {module["detail"]["path"] for module in main["modules"].values()}
+    assert not {"core/keyvault/vault-access.bicep", "core/eventgrid/system-topic.bicep"} & paths
+    scopes = {body(module).get("scope") for module in main["modules"].values()}
+    assert scopes == {"rg"}
+
+
+@pytest.mark.parametrize("hook", ["postdeploy", "predown"])
+def test_hooks_exist_for_both_shells(hook):
+    """azure.yaml runs each hook in sh and PowerShell, and the sh script is executable (azd runs it directly)."""
+    azure_yaml = (ROOT / "azure.yaml").read_text()
+    assert f"run: ./scripts/{hook}.sh" in azure_yaml
+    assert f"run: ./scripts/{hook}.ps1" in azure_yaml
+    script = ROOT / "scripts" / f"{hook}.sh"
+    assert script.stat().st_mode & 0o111
+    assert "set -euo pipefail" in script.read_text()
+    assert (ROOT / "scripts" / f"{hook}.ps1").is_file()
+
+
+def test_azd_service_name_matches_the_function_app_tag():
+    """azure.yaml's one service (api, Python, host function) is the app tagged azd-service-name: api."""
+    azure_yaml = (ROOT / "azure.yaml").read_text()
+    services = azure_yaml.split("services:", 1)[1].split("hooks:", 1)[0]
+    assert re.findall(r"^  (\w+):$", services, flags=re.MULTILINE) == ["api"]
+    assert "host: function" in services
+    assert "language: python" in services
+    main = parse(INFRA / "main.bicep")
+    assert main["variables"]["serviceName"]["value"] == "api"
+    tags = body(main["modules"]["functionApp"])["params"]["tags"]["function"]["parameters"]["arg_2"]
+    assert tags == {"'azd-service-name'": "serviceName"}
