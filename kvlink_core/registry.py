@@ -304,6 +304,18 @@ class Registry:
             return False
         return True
 
+    def lease_free(self, key: GroupKey) -> bool:
+        """Whether nobody holds the group's lease (it is absent or expired): one read."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        table = self._table(LEASES_TABLE)
+        try:
+            with _storage("read lease"):
+                current = table.get_entity(key.organization, str(key.group_id), select=["ExpiresAt"])
+        except ResourceNotFoundError:
+            return True
+        return _as_utc(current["ExpiresAt"]) <= datetime.now(UTC)
+
     def _lease_entity(self, key: GroupKey, owner: str, *, poke: str) -> dict[str, Any]:
         return {
             "PartitionKey": key.organization,

@@ -106,6 +106,7 @@ class Engine:
         max_wait: float | None = None,
         group_concurrency: int = 4,
         notifier: Notifier | None = None,
+        holder_budget: float = 2.0,
     ) -> None:
         self.settings = settings
         self.keyvault = keyvault
@@ -115,6 +116,8 @@ class Engine:
         # A waiter gives up (and lets the event be redelivered) after two lease lifetimes.
         self.max_wait = max_wait if max_wait is not None else 2 * registry.lease_seconds
         self.group_concurrency = group_concurrency
+        # How long one invocation keeps writing others' queued work before handing the lease on.
+        self.holder_budget = holder_budget
 
     def close(self) -> None:
         self.keyvault.close()
@@ -297,6 +300,7 @@ class Engine:
         result: GroupOutcome | None = None
         current: _Round | None = first
         look_at_queue = lease.took_over or not first.observations
+        started = time.monotonic()
         try:
             while True:
                 work = current or _Round()
@@ -313,6 +317,11 @@ class Engine:
                     lease = replace(lease, poked=False)
                     continue
                 if self.registry.release(lease):
+                    return result or GroupOutcome(link, "unchanged")
+                if time.monotonic() - started > self.holder_budget:
+                    # Under a steady stream this invocation would never finish; its own work is done,
+                    # and every queued row has a waiter polling for the lease, so hand the lease over.
+                    self.registry.release_quietly(lease)
                     return result or GroupOutcome(link, "unchanged")
                 lease = self.registry.refresh(lease)  # someone queued work: another round
         except BaseException:
@@ -337,10 +346,12 @@ class Engine:
                 continue  # another waiter got it first: poke that one
             while time.monotonic() < deadline:
                 time.sleep(delay * (0.5 + random.random()))  # noqa: S311 -- jitter, not crypto
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, 0.5)  # a holder round takes a read and a write: poll briskly
                 if not self.registry.has_pending(link.key, rows):
                     logger.info("Group %s: the lease holder wrote our changes", link.key)
                     return GroupOutcome(link, "queued")
+                if not self.registry.lease_free(link.key):
+                    continue  # one read per poll while the holder works; acquiring costs two
                 lease = self.registry.try_acquire(link.key)
                 if lease is not None:  # the holder finished or died: finish the queue ourselves
                     return self._hold(link, lease, _Round(), force=False, origin=origin)

@@ -124,16 +124,27 @@ class Estate:
     def settings(self, **overrides: str) -> Settings:
         return Settings.from_env({**self.env, **overrides})
 
-    def engine(self, *, lease_seconds: float = 10.0, max_wait: float | None = None, **overrides: str) -> Engine:
+    def engine(
+        self,
+        *,
+        lease_seconds: float = 10.0,
+        max_wait: float | None = None,
+        devops_timeout: float = 20.0,
+        **overrides: str,
+    ) -> Engine:
         """An engine wired to the stand-ins, with retries tuned to test speed."""
         settings = self.settings(**overrides)
         credential = get_credential(settings)
         engine = Engine(
             settings,
             keyvault=KeyVault(settings, credential, retry_total=3, retry_backoff_factor=0.01),
-            devops=DevOps(settings, None, attempts=4, retry_timeout=5.0, wait_initial=0.01, wait_max=0.05),
+            devops=DevOps(
+                settings, None, attempts=4, retry_timeout=5.0, wait_initial=0.01, wait_max=0.05, timeout=devops_timeout
+            ),
             registry=Registry(
-                settings, lease_seconds=lease_seconds, client_options={"raw_request_hook": self.table_calls}
+                settings,
+                lease_seconds=lease_seconds,
+                client_options={"raw_request_hook": self.table_calls, "retry_total": 1, "retry_backoff_factor": 0.05},
             ),
             max_wait=max_wait,
         )
