@@ -1,6 +1,7 @@
 # The README's two commands: `make demo` and `make test`. Each sets up what it needs first:
 # a virtualenv with pinned Python dependencies, Azurite (npm) under tools/, and for `make test`
-# checkov in its own virtualenv (tools/checkov-venv) so its pins never meet the app's.
+# checkov in its own virtualenv (tools/checkov-venv) so its pins never meet the app's, and
+# Debian's Chromium for the report page's browser test.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ CHECKOV_VENV := tools/checkov-venv
 CHECKOV_STAMP := $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
 CHECKOV_REPORT := $(CHECKOV_VENV)/report.json
 
-.PHONY: setup demo test lint infra-check bench clean
+.PHONY: setup demo test lint infra-check browser bench clean
 
 setup: $(STAMP) $(AZURITE)
 
@@ -49,7 +50,11 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint infra-check
+# Debian's chromium for tests/test_report_browser.py (apt-get; a no-op once /usr/bin/chromium exists).
+browser:
+	bash scripts/install-chromium.sh
+
+test: lint infra-check browser
 	$(BIN)/python -m pytest
 
 clean:

@@ -30,6 +30,12 @@ def audit_latest(req: func.HttpRequest) -> func.HttpResponse:
     return _http(api.audit_latest())
 
 
+@app.route(route="report", methods=["GET"])
+def report(req: func.HttpRequest) -> func.HttpResponse:
+    """The estate at a glance: an HTML page from the latest audit, the links and the last 30 runs."""
+    return _http(api.report())
+
+
 @app.timer_trigger(arg_name="timer", schedule="%KVLINK_AUDIT_SCHEDULE%", use_monitor=True, run_on_startup=False)
 def nightly_audit(timer: func.TimerRequest) -> None:
     """Reconcile every Key Vault group with its vault, discover unlinked ones, report and notify.
@@ -80,10 +86,11 @@ def on_vault_log(events: list[func.EventHubEvent]) -> None:
 
 def _http(response: api.ApiResponse) -> func.HttpResponse:
     return func.HttpResponse(
-        body=response.json(),
+        body=response.text(),
         status_code=response.status,
         headers=dict(response.headers),
-        mimetype="application/json",
+        mimetype=response.mimetype,
+        charset=response.charset,
     )
 
 

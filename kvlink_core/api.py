@@ -21,16 +21,35 @@ from .errors import ConfigError, KvLinkError, RequestError, TransientError, Upst
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+# The report page is self-contained: inline CSS, no script, nothing loaded from anywhere.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class ApiResponse:
     status: int
-    body: Any = None
+    body: Any = None  # JSON-serializable, or the text itself for other media types
     headers: Mapping[str, str] = field(default_factory=dict)
+    mimetype: str = "application/json"
+    charset: str = "utf-8"
+
+    @property
+    def content_type(self) -> str:
+        return f"{self.mimetype}; charset={self.charset}" if self.mimetype.startswith("text/") else self.mimetype
 
     def json(self) -> str | None:
         return None if self.body is None else json.dumps(self.body)
+
+    def text(self) -> str | None:
+        """The body as sent: JSON serialized, or a page as it is."""
+        if self.mimetype == "application/json":
+            return self.json()
+        return None if self.body is None else str(self.body)
 
 
 def links(method: str, route: Mapping[str, str], query: Mapping[str, str], body: bytes) -> ApiResponse:
@@ -55,6 +74,17 @@ def _audit_latest() -> ApiResponse:
     if report is None:
         raise RequestError(404, "NoAuditYet", "no audit has run yet; the nightly audit runs on KVLINK_AUDIT_SCHEDULE")
     return ApiResponse(200, report)
+
+
+def report() -> ApiResponse:
+    """``GET /api/report``: the estate report page (HTML); errors stay JSON."""
+    return _guarded(_report)
+
+
+def _report() -> ApiResponse:
+    from .app import get_engine, report_page
+
+    return ApiResponse(200, report_page(get_engine()), PAGE_HEADERS, mimetype="text/html")
 
 
 def health() -> ApiResponse:
@@ -132,6 +162,8 @@ def _json_body(body: bytes) -> Any:
         return json.loads(body.decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError) as err:
         raise RequestError(400, "InvalidJson", f"the request body is not valid JSON: {err}") from None
+    except RecursionError:  # thousands of nested brackets: hostile, not an internal error
+        raise RequestError(400, "InvalidJson", "the request body nests too deeply") from None
 
 
 def _no_constants(name: str) -> Any:

@@ -56,6 +56,24 @@ def handle_log_batch(bodies: list[bytes]) -> LogBatchResult:
     return get_engine().handle_log_batch(bodies)
 
 
+def report_page(engine: Engine, *, unsaved: AuditReport | None = None) -> str:
+    """The estate report page: the latest stored audit (or ``unsaved``, a dry run's report that was
+    not stored), the links of the organizations in scope, and the last 30 runs."""
+    from datetime import UTC, datetime
+
+    from .report_page import HISTORY_RUNS, render_report
+
+    registry = engine.registry
+    history = registry.report_history(limit=HISTORY_RUNS)
+    if unsaved is None:
+        latest = registry.latest_report()
+    else:
+        latest = unsaved.as_json()
+        history = [unsaved.summary(), *history][:HISTORY_RUNS]
+    links = [r for r in registry.link_records() if engine.settings.org_allowed(r.link.organization)]
+    return render_report(latest, history, links, now=datetime.now(UTC), devops_url=engine.settings.devops_url)
+
+
 def run_nightly_audit(*, past_due: bool = False) -> AuditReport:
     """The timer's audit: reconcile, discover, store the report, notify."""
     import logging

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .errors import KvLinkError, UpstreamError
 from .model import GroupKey, Link, Policy, SecretState
 from .names import check_secret
-from .plan import Decisions, Plan, decide, plan_group
+from .plan import Decisions, Plan, apply_plan, decide, plan_group
 from .registry import Observation
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 Severity = Literal["error", "warning", "info"]
 Progress = Callable[[int, int], None]  # (groups done, groups found so far)
 _SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
+GROUP_NAMES_KEPT = 50  # names stored per group in a report: enough to recognise a group, small enough for a row
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,7 @@ class AuditReport:
     names_removed: int = 0
     findings: list[Finding] = field(default_factory=list)
     unreached: list[str] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)  # one compact summary per audited group
 
     @property
     def open_findings(self) -> list[Finding]:
@@ -113,7 +115,12 @@ class AuditReport:
         }
 
     def as_json(self) -> dict[str, Any]:
-        return {**self.summary(), "findings": [f.as_json() for f in self.findings]}
+        # "auditedGroups", not "groups": the summary's "groups" holds the counts API clients read.
+        return {
+            **self.summary(),
+            "findings": [f.as_json() for f in self.findings],
+            "auditedGroups": list(self.groups),
+        }
 
 
 # Findings that mean "the group is not what it should be" (repairable drift).
@@ -210,6 +217,42 @@ def group_findings(
     return findings
 
 
+def group_summary(link: Link, names: Iterable[str], outcome: str, *, ignored: bool = False) -> dict[str, Any]:
+    """What a report keeps of one audited group: where it is, its policy, what it maps, the outcome.
+
+    ``outcome`` is what the audit did with the group (the /api/sync vocabulary, plus
+    ``vault-unreachable`` and ``ignored``); only the first names are kept, with the full count.
+    """
+    mapped = sorted(names, key=str.lower)
+    return {
+        "organization": link.organization,
+        "project": link.project,
+        "groupId": link.group_id,
+        "group": link.group_name,
+        "vault": link.vault,
+        "kind": link.kind,
+        "policy": policy_summary(link, ignored=ignored),
+        "mapped": len(mapped),
+        "names": mapped[:GROUP_NAMES_KEPT],
+        "outcome": outcome,
+    }
+
+
+def policy_summary(link: Link, *, ignored: bool = False) -> str:
+    """A link's policy in a few words, e.g. ``merge; include db-*, api-*; exclude *-old``."""
+    if link.prune_only:
+        return "discovered: left alone (KVLINK_UNLINKED_GROUPS=ignore)" if ignored else "discovered: prune only"
+    policy = link.policy
+    parts = [policy.mode, "include " + ", ".join(policy.include)]
+    if policy.exclude:
+        parts.append("exclude " + ", ".join(policy.exclude))
+    if policy.tags:
+        parts.append("tags " + ", ".join(k if v is None else f"{k}={v}" for k, v in policy.tags))
+    if not policy.keep_expired:
+        parts.append("drops expired")
+    return "; ".join(parts)
+
+
 def notable_secrets(listing: Mapping[str, SecretState], *, now: datetime, warning_days: int) -> frozenset[str]:
     """Keys of the secrets whose mapping is worth a finding: disabled, certificate-backed, expiring."""
     soon = now + timedelta(days=warning_days)
@@ -283,6 +326,9 @@ class _Run:
                 f.group or "",
                 f.secret or "",
             )
+        )
+        self.report.groups.sort(
+            key=lambda g: (g["organization"].lower(), g["project"].lower(), g["group"].lower(), g["groupId"])
         )
         self.report.finished = datetime.now(UTC)
         return self.report
@@ -358,9 +404,11 @@ class _Run:
                     link.vault,
                 )
             )
+            self.record(link, group.variables, "vault-changed")
             return
         if link.prune_only and self.settings.unlinked_groups == "ignore":
             self.count(link)
+            self.record(link, group.variables, "ignored", ignored=True)
             return
         self.reconcile(link, group)
 
@@ -370,6 +418,7 @@ class _Run:
             listing = self.listing(link.vault).result()
         except KvLinkError as err:
             self.vault_failed(link.vault, err)
+            self.record(link, group.variables, "vault-unreachable")
             return
         plan = plan_group(
             group.variables,
@@ -391,6 +440,7 @@ class _Run:
         )
         if not plan.changed:
             self.add(*findings)
+            self.record(link, group.variables, "unchanged")
             return
         observations = [Observation(state, at=listing.started) for state in listing.states.values()]
         try:
@@ -411,8 +461,12 @@ class _Run:
                     link.vault,
                 ),
             )
+            self.record(link, group.variables, "failed")
             return
         self.outcome(link, outcome, findings)
+        written = outcome.plan if outcome.status == "applied" else None
+        names = apply_plan(group.variables, written) if written is not None else group.variables
+        self.record(link, names, outcome.status)
 
     def outcome(self, link: Link, outcome: GroupOutcome, findings: list[Finding]) -> None:
         plan = outcome.plan or Plan()
@@ -593,6 +647,11 @@ class _Run:
         with self.lock:
             self.report.findings.extend(findings)
 
+    def record(self, link: Link, names: Iterable[str], outcome: str, *, ignored: bool = False) -> None:
+        summary = group_summary(link, names, outcome, ignored=ignored)
+        with self.lock:
+            self.report.groups.append(summary)
+
     def unreached(self, what: str) -> None:
         logger.warning("Audit could not reach %s", what)
         with self.lock:
@@ -615,7 +674,7 @@ def run_audit(
     summary = report.summary()
     logger.info("kvlink audit %s", json.dumps(summary, sort_keys=True))
     if store:
-        engine.registry.save_report(summary, [f.as_json() for f in report.findings])
+        engine.registry.save_report(summary, [f.as_json() for f in report.findings], report.groups)
     engine.notifier.audit_completed(summary)
     return report
 

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit = verbs.add_parser("audit", help="reconcile every Key Vault group with its vault and report findings")
     audit.add_argument("--dry-run", action="store_true", help="plan and report only; write and store nothing")
     audit.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
+    audit.add_argument(
+        "--html",
+        metavar="FILE",
+        type=Path,
+        help="also write the report page (the one GET /api/report serves) to FILE",
+    )
 
     verbs.add_parser(
         "demo",
@@ -248,8 +255,9 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             bar.total = max(total, done)
             bar.update(done - bar.n)
 
+    stored = not args.dry_run
     try:
-        report = run_audit(engine, dry_run=args.dry_run, store=not args.dry_run, progress=progress)
+        report = run_audit(engine, dry_run=args.dry_run, store=stored, progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -257,6 +265,12 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(json.dumps(report.as_json(), indent=2), file=out)
     else:
         _findings_table(report, out)
+    if args.html:
+        from .app import report_page
+
+        page = report_page(engine, unsaved=None if stored else report)
+        args.html.write_text(page, encoding="utf-8")
+        print(f"report page: {args.html.resolve()}", file=err if args.json else out)
     return EXIT_CHANGES if report.drift_remains else EXIT_OK
 
 

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -84,6 +84,16 @@ class PendingRow:
     observation: Observation
 
 
+@dataclass(frozen=True, slots=True)
+class LinkRecord:
+    """A link with kvlink's last write of its group (see :func:`write_marker`), if any."""
+
+    link: Link
+    last_change_at: datetime | None = None
+    last_change_by: str | None = None  # event, log, api, cli or audit
+    last_change: str | None = None  # "+N -M", or "created +N"
+
+
 class Registry:
     def __init__(
         self,
@@ -120,6 +130,21 @@ class Registry:
         if organization:
             links = [link for link in links if link.organization.lower() == organization.lower()]
         return sorted(links, key=lambda link: (link.organization.lower(), link.vault, link.group_id))
+
+    def link_records(self) -> list[LinkRecord]:
+        """Every link with its last-change marker, in one table scan (the report page's groups)."""
+        table = self._table(LINKS_TABLE)
+        with _storage("read links"):
+            records = [
+                LinkRecord(
+                    _link_from(e),
+                    _as_utc(e["LastChangeAt"]) if e.get("LastChangeAt") else None,
+                    str(e["LastChangeBy"]) if e.get("LastChangeBy") else None,
+                    str(e["LastChange"]) if e.get("LastChange") else None,
+                )
+                for e in table.list_entities()
+            ]
+        return sorted(records, key=lambda r: (r.link.organization.lower(), r.link.vault, r.link.group_id))
 
     def find_link(self, key: GroupKey) -> Link | None:
         table = self._table(LINKS_TABLE)
@@ -236,7 +261,8 @@ class Registry:
         table = self._table(LEASES_TABLE)
         poked = lease.poked
         etag = lease.etag
-        for _ in range(5):
+        deadline = time.monotonic() + self.lease_seconds / 3  # pokes may keep changing the ETag
+        while time.monotonic() < deadline:
             try:
                 with _storage("renew lease"):
                     meta = table.update_entity(
@@ -363,37 +389,60 @@ class Registry:
         return any(row.row_key in wanted for row in self.pending(key))
 
     # -- audit reports ---------------------------------------------------------------------
-    def save_report(self, summary: Mapping[str, Any], findings: list[Mapping[str, Any]]) -> str:
-        """Store one audit run (summary + findings) and keep only the newest runs."""
+    def save_report(
+        self,
+        summary: Mapping[str, Any],
+        findings: list[Mapping[str, Any]],
+        groups: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
+        """Store one audit run (summary, findings, per-group summaries) and keep only the newest runs.
+
+        Group rows share the findings' partition (row keys ``g000000``...), so reading a run and
+        pruning it stay one partition query each.
+        """
         table = self._table(AUDIT_TABLE)
         run = _run_key(datetime.now(UTC))
         rows = [
             {"PartitionKey": f"findings|{run}", "RowKey": f"{i:06d}", "Finding": json.dumps(f)}
             for i, f in enumerate(findings)
         ]
+        rows += [
+            {"PartitionKey": f"findings|{run}", "RowKey": f"g{i:06d}", "Group": json.dumps(g)}
+            for i, g in enumerate(groups or [])
+        ]
         with _storage("save audit findings"):
             for start in range(0, len(rows), _BATCH):
                 table.submit_transaction([("create", e) for e in rows[start : start + _BATCH]])
         with _storage("save audit summary"):
             table.create_entity(
-                {"PartitionKey": "run", "RowKey": run, "Summary": json.dumps(summary), "Findings": len(rows)}
+                {
+                    "PartitionKey": "run",
+                    "RowKey": run,
+                    "Summary": json.dumps(summary),
+                    "Findings": len(findings),
+                    "Groups": len(groups or []),
+                }
             )
         self._prune_reports(table)
         return run
 
     def latest_report(self) -> dict[str, Any] | None:
-        """The newest run's summary and findings, or None before the first audit."""
+        """The newest run's summary, findings and per-group summaries ("auditedGroups"); None before any audit."""
         runs = self.report_history(limit=1)
         if not runs:
             return None
         run = runs[0]
         table = self._table(AUDIT_TABLE)
+        findings: list[dict[str, Any]] = []
+        groups: list[dict[str, Any]] = []
         with _storage("read audit findings"):
-            findings = [
-                json.loads(e["Finding"])
-                for e in table.query_entities("PartitionKey eq @pk", parameters={"pk": f"findings|{run['run']}"})
-            ]
-        return {**run, "findings": findings}
+            # Row keys sort, so findings come back in the audit's order (severity first).
+            for e in table.query_entities("PartitionKey eq @pk", parameters={"pk": f"findings|{run['run']}"}):
+                if "Group" in e:
+                    groups.append(json.loads(e["Group"]))
+                else:
+                    findings.append(json.loads(e["Finding"]))
+        return {**run, "findings": findings, "auditedGroups": groups}
 
     def report_history(self, *, limit: int = KEEP_RUNS) -> list[dict[str, Any]]:
         """Summaries of the newest runs, newest first."""

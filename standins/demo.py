@@ -37,9 +37,13 @@ class _Out:
         self.write(f"   {text}" if text else "")
 
 
-def run(write: Callable[[str], None] = print) -> int:
-    """Run the demo; returns the process exit code (0 when the group ends up right)."""
+def run(write: Callable[[str], None] = print, *, report_path: Path | None = None) -> int:
+    """Run the demo; returns the process exit code (0 when the group ends up right).
+
+    The audit's report page is written to ``report_path`` (default: ./kvlink-report.html).
+    """
     out = _Out(write)
+    page = (report_path or Path("kvlink-report.html")).resolve()
     with tempfile.TemporaryDirectory(prefix="kvlink-demo-") as tmp:
         ca = ThrowawayCA(Path(tmp))
         kv = KeyVaultStandIn(ssl_context=ca.server_context(), token="kvlink-emulator-token")
@@ -58,7 +62,7 @@ def run(write: Callable[[str], None] = print) -> int:
             saved = {k: os.environ.get(k) for k in env}
             os.environ.update(env)
             try:
-                return _scenario(out, kv, ado, azurite)
+                return _scenario(out, kv, ado, azurite, page)
             finally:
                 from kvlink_core import app
 
@@ -70,7 +74,7 @@ def run(write: Callable[[str], None] = print) -> int:
                         os.environ[key] = value
 
 
-def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azurite) -> int:
+def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azurite, page: Path) -> int:
     import azure.functions as func
     from azure.functions.timer import TimerRequest
 
@@ -169,6 +173,12 @@ def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azuri
         f"audit: {report['groups']['changed']} group changed (+{names['added']} -{names['removed']}), "
         f"{report['vaults']} vault listed, {report['durationSeconds']}s; GET /api/audit/latest serves it"
     )
+    response = function_app.report(_get("report"))
+    if response.status_code != 200:
+        out.line(f"GET /api/report -> {response.status_code}: {response.get_body().decode()}")
+        return 1
+    page.write_bytes(response.get_body())
+    out.line(f"report page (GET /api/report): {page}")
 
     final = _names(ado, group_id)
     out.step(7, f"group at the end: {final}")

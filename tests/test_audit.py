@@ -12,7 +12,7 @@ from azure.functions.timer import TimerRequest
 
 import function_app
 from kvlink_core import app as kvlink_app
-from kvlink_core.audit import run_audit
+from kvlink_core.audit import GROUP_NAMES_KEPT, group_summary, run_audit
 from kvlink_core.cli import main as cli_main
 from kvlink_core.model import GroupKey, Link, Policy
 from kvlink_core.registry import AUDIT_TABLE
@@ -172,6 +172,37 @@ class TestAudit:
         }
         assert leftover == {"g4-storm"}  # only the refused storm still has drift
 
+    def test_report_keeps_a_summary_of_each_group(self, big):
+        """The stored report lists each audited group: policy, names after the run, and what the audit did."""
+        report = run_audit(big.engine)
+        assert "auditedGroups" not in report.summary()  # the summary (log line, notification) is unchanged
+        groups = {g["group"]: g for g in report.as_json()["auditedGroups"]}
+        assert set(groups) == {"g1-drift", "g2-shared", "g3-unlinked", "g4-storm", "g5-locked", "g7-connection"}
+        assert groups["g1-drift"] == {
+            "organization": big.org_a,
+            "project": "Payments",
+            "groupId": big.g1,
+            "group": "g1-drift",
+            "vault": big.v1,
+            "kind": "linked",
+            "policy": "merge; include *",
+            "mapped": 4,
+            "names": ["expired-one", "expiring-soon", "new-one", "ok"],
+            "outcome": "applied",
+        }
+        assert groups["g2-shared"]["policy"] == "merge; include ok, new-one, expir*"
+        assert (groups["g3-unlinked"]["kind"], groups["g3-unlinked"]["policy"]) == (
+            "discovered",
+            "discovered: prune only",
+        )
+        assert (groups["g4-storm"]["outcome"], groups["g4-storm"]["mapped"]) == ("refused", 5)
+        assert groups["g4-storm"]["policy"] == "mirror; include m-*"
+        assert groups["g5-locked"]["outcome"] == "vault-unreachable"
+        assert groups["g7-connection"]["outcome"] == "unchanged"
+        stored = big.engine.registry.latest_report()
+        assert stored is not None and stored["auditedGroups"] == report.as_json()["auditedGroups"]
+        assert stored["groups"]["linked"] == 5  # the counts keep their key
+
     def test_each_vault_listed_once_and_each_project_once(self, big):
         """Listings: one pass per vault, one group listing per project, whatever shares them."""
         run_audit(big.engine)
@@ -266,3 +297,13 @@ class TestEntryPoints:
         assert cli_main(["audit", "--json"], out=out, err=err) == 2
         report = json.loads(out.getvalue())
         assert report["groups"]["changed"] == 2 and report["findings"]
+
+
+def test_group_summary_keeps_the_first_names_and_the_count():
+    """A group's summary keeps its first 50 names (case-insensitive order) and the full count."""
+    link = Link("contoso", "Payments", 7, "big-kv", "kv-big", Policy(exclude=("*-old",), keep_expired=False))
+    names = [f"Secret-{i:03d}" for i in range(120, 0, -1)]
+    summary = group_summary(link, names, "unchanged")
+    assert summary["mapped"] == 120 and len(summary["names"]) == GROUP_NAMES_KEPT == 50
+    assert summary["names"][:2] == ["Secret-001", "Secret-002"]
+    assert summary["policy"] == "merge; include *; exclude *-old; drops expired"

@@ -9,12 +9,16 @@ from standins.demo import run
 pytestmark = pytest.mark.integration
 
 
-def test_demo_succeeds():
-    """The demo links a group, applies new secrets and a deletion, and exits 0."""
+def test_demo_succeeds(tmp_path):
+    """The demo links a group, applies new secrets and a deletion, exits 0, and writes the report page."""
     lines: list[str] = []
-    assert run(lines.append) == 0
+    page = tmp_path / "kvlink-report.html"
+    assert run(lines.append, report_path=page) == 0
     text = "\n".join(lines)
     assert "-> 201: created group 'payments-kv' with 2 names" in text
     assert "group: -api-key -smtp-password" in text
     assert "secret values requested: 0" in text
     assert "secret-deleted   retired-key    repaired" in text
+    assert f"report page (GET /api/report): {page}" in text
+    html = page.read_text(encoding="utf-8")
+    assert "payments-kv" in html and "retired-key" in html

@@ -54,6 +54,24 @@ class TestLinks:
         assert registry.delete_link(link.key) is True
         assert registry.delete_link(link.key) is False
 
+    def test_link_records_carry_the_last_change(self, estate):
+        """link_records() lists every link with kvlink's last write of its group, in one table scan."""
+        registry = estate.engine().registry
+        written, untouched = make_link(estate, group_id=11), make_link(estate, group_id=12)
+        registry.save_link(written)
+        registry.save_link(untouched)
+        registry.note_write(written, modified_on=None, origin="event", summary="+2 -1")
+        estate.table_calls.reset()
+        everything = registry.link_records()
+        # one scan: a GET per page of 1,000 entities (other tests' links share this Azurite), never one per link
+        assert set(estate.table_calls.by_method) == {"GET"}
+        assert estate.table_calls.total <= 1 + len(everything) // 1000
+        records = {r.link.group_id: r for r in everything if r.link.organization == estate.org}
+        assert records[11].link == written and records[12].link == untouched
+        assert (records[11].last_change_by, records[11].last_change) == ("event", "+2 -1")
+        assert records[11].last_change_at is not None and records[11].last_change_at.tzinfo is not None
+        assert (records[12].last_change_at, records[12].last_change_by, records[12].last_change) == (None, None, None)
+
 
 class TestLeases:
     def test_one_holder_at_a_time(self, estate, registry):
