@@ -24,50 +24,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.estate import PAT, Shape
+from bench.lab import counting_engine
 from standins.azurite import Azurite
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class CountingTransport(httpx.HTTPTransport):
-    def __init__(self, counter: Counter[str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.counter = counter
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.counter[f"devops {request.method}"] += 1
-        return super().handle_request(request)
-
-
 def _engine(counter: Counter[str]) -> Any:
-    """kvlink's engine on the environment's settings, with every client counting its calls."""
-    from kvlink_core.credentials import get_credential
-    from kvlink_core.devops import DevOps
-    from kvlink_core.keyvault import KeyVault
-    from kvlink_core.registry import Registry
-    from kvlink_core.settings import Settings
-    from kvlink_core.sync import Engine
-    from kvlink_core.tls import ssl_context
-
-    settings = Settings.from_env()
-
-    def on_kv(response: Any) -> None:
-        status = response.http_response.status_code
-        counter["keyvault challenge" if status == 401 else "keyvault GET"] += 1
-
-    def on_table(request: Any) -> None:
-        counter[f"table {request.http_request.method}"] += 1
-
-    transport = CountingTransport(counter, verify=ssl_context(settings.ca_bundle))
-    return Engine(
-        settings,
-        keyvault=KeyVault(settings, get_credential(settings), client_options={"raw_response_hook": on_kv}),
-        devops=DevOps(settings, None, transport=transport),
-        registry=Registry(settings, client_options={"raw_request_hook": on_table}),
-    )
+    return counting_engine(counter)
 
 
 def run_kvlink() -> dict[str, Any]:

@@ -56,7 +56,7 @@ def parse_log_batch(bodies: Iterable[bytes | str], *, vault_allowed: Callable[[s
     for m, body in enumerate(bodies, start=1):
         try:
             envelope = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             batch.skipped.append((f"message {m}", "not JSON"))
             continue
         records = envelope.get("records") if isinstance(envelope, Mapping) else None

@@ -29,6 +29,7 @@ from .errors import (
 from .events import SecretEvent, parse_event
 from .logs import parse_log_batch
 from .model import Link
+from .names import check_secret
 from .notify import Notifier
 from .plan import Desired, Plan, apply_plan, desired, plan_group, removal_refusal
 from .registry import Lease, Observation
@@ -106,7 +107,9 @@ class Engine:
         max_wait: float | None = None,
         group_concurrency: int = 4,
         notifier: Notifier | None = None,
-        holder_budget: float = 2.0,
+        holder_budget: float = 15.0,
+        batch_window: float = 0.3,
+        max_batch_window: float = 2.4,
     ) -> None:
         self.settings = settings
         self.keyvault = keyvault
@@ -116,8 +119,11 @@ class Engine:
         # A waiter gives up (and lets the event be redelivered) after two lease lifetimes.
         self.max_wait = max_wait if max_wait is not None else 2 * registry.lease_seconds
         self.group_concurrency = group_concurrency
-        # How long one invocation keeps writing others' queued work before handing the lease on.
+        # How long one invocation keeps writing others' queued work before handing the lease on,
+        # and how long a holder lets queued work gather between two writes.
         self.holder_budget = holder_budget
+        self.batch_window = batch_window
+        self.max_batch_window = max_batch_window
 
     def close(self) -> None:
         self.keyvault.close()
@@ -301,6 +307,7 @@ class Engine:
         current: _Round | None = first
         look_at_queue = lease.took_over or not first.observations
         started = time.monotonic()
+        window = self.batch_window
         try:
             while True:
                 work = current or _Round()
@@ -319,11 +326,16 @@ class Engine:
                 if self.registry.release(lease):
                     return result or GroupOutcome(link, "unchanged")
                 if time.monotonic() - started > self.holder_budget:
-                    # Under a steady stream this invocation would never finish; its own work is done,
-                    # and every queued row has a waiter polling for the lease, so hand the lease over.
+                    # Under a steady stream this invocation would never finish (and Event Grid wants an
+                    # answer within 30 s). Its own work is done; every queued row has a waiter that
+                    # polls the lease, so hand it over.
                     self.registry.release_quietly(lease)
                     return result or GroupOutcome(link, "unchanged")
-                lease = self.registry.refresh(lease)  # someone queued work: another round
+                # Someone queued work. Let more arrive before the next round, a little longer each time
+                # the queue refills: in a burst, one write then carries many observations, not one each.
+                time.sleep(window)
+                window = min(window * 2, self.max_batch_window)
+                lease = self.registry.refresh(lease)
         except BaseException:
             self.registry.release_quietly(lease)
             raise
@@ -337,21 +349,24 @@ class Engine:
         """Queue the observations for the current holder and wait until they are written."""
         rows = self.registry.add_pending(link.key, work.observations.values())
         deadline = time.monotonic() + self.max_wait
-        delay = 0.05
+        delay = self.batch_window + 0.1
         while time.monotonic() < deadline:
             if not self.registry.poke(link.key):
                 lease = self.registry.try_acquire(link.key)
                 if lease is not None:
                     return self._hold(link, lease, _Round(), force=False, origin=origin)
                 continue  # another waiter got it first: poke that one
+            polls = 0
             while time.monotonic() < deadline:
+                # The holder gathers work for a batch window and then writes: no need to poll faster.
                 time.sleep(delay * (0.5 + random.random()))  # noqa: S311 -- jitter, not crypto
-                delay = min(delay * 2, 0.5)  # a holder round takes a read and a write: poll briskly
+                delay = min(delay * 1.5, 2.0)
+                polls += 1
                 if not self.registry.has_pending(link.key, rows):
                     logger.info("Group %s: the lease holder wrote our changes", link.key)
                     return GroupOutcome(link, "queued")
-                if not self.registry.lease_free(link.key):
-                    continue  # one read per poll while the holder works; acquiring costs two
+                if polls % 3 or not self.registry.lease_free(link.key):
+                    continue  # one read per poll; the lease itself is looked at every third poll
                 lease = self.registry.try_acquire(link.key)
                 if lease is not None:  # the holder finished or died: finish the queue ourselves
                     return self._hold(link, lease, _Round(), force=False, origin=origin)
@@ -435,7 +450,9 @@ class Engine:
         if modified is not None and modified < listed_at - timedelta(minutes=5):
             return plan
         # The group changed after the listing began: an unlisted name may be a secret created since.
-        fresh = self.keyvault.secret_states(link.vault, unlisted)
+        # A name Key Vault could never hold is simply gone (and asking about it would be a 400).
+        unlisted = [name for name in unlisted if check_secret(name) is None]
+        fresh = self.keyvault.secret_states(link.vault, unlisted) if unlisted else {}
         work.merge(Observation(state) for state in fresh.values())
         secrets = {key: obs.state for key, obs in work.observations.items()}
         return plan_group(group.variables, secrets, link.policy, complete=work.complete, prune_only=link.prune_only)

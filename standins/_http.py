@@ -97,6 +97,11 @@ class StandInServer:
         self._thread: threading.Thread | None = None
         self._active = 0
         self.max_concurrency = 0
+        self._rate: float | None = None
+        self._rate_retry_after = 1.0
+        self._tokens = 0.0
+        self._refilled = 0.0
+        self.throttled = 0
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> StandInServer:
@@ -165,6 +170,28 @@ class StandInServer:
         return f"{scheme}://{self._host}:{self.port}"
 
     # -- test controls ---------------------------------------------------------------
+    def throttle(self, per_second: float | None, *, retry_after: float = 1.0) -> None:
+        """Answer 429 (with Retry-After) beyond ``per_second`` requests, like a rate-limited service."""
+        with self._lock:
+            self._rate = per_second
+            self._rate_retry_after = retry_after
+            self._tokens = per_second or 0.0
+            self._refilled = time.monotonic()
+            self.throttled = 0
+
+    def _over_rate(self) -> bool:
+        with self._lock:
+            if not self._rate:
+                return False
+            now = time.monotonic()
+            self._tokens = min(self._rate, self._tokens + (now - self._refilled) * self._rate)
+            self._refilled = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return False
+            self.throttled += 1
+            return True
+
     def inject(self, status: int = 503, **kwargs: Any) -> Fault:
         """Queue a fault; see :class:`Fault` for the options."""
         fault = Fault(status=status, **kwargs)
@@ -213,6 +240,8 @@ class StandInServer:
             self.max_concurrency = max(self.max_concurrency, self._active)
         try:
             fault = self._take_fault(request.method, request.path)
+            if fault is None and self._over_rate():
+                fault = Fault(status=429, retry_after=self._rate_retry_after)
             if fault is not None and fault.delay:
                 time.sleep(fault.delay)
             if fault is not None and fault.reset:
