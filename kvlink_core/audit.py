@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import KvLinkError, UpstreamError
-from .model import GroupKey, Link, Policy, SecretState
+from .model import GroupKey, Link, Policy, SecretState, VaultKey
 from .names import check_secret
 from .plan import Decisions, Plan, apply_plan, decide, plan_group
 from .registry import Observation
@@ -314,6 +314,7 @@ class _Run:
                 future.result()  # findings are recorded as we go; errors became findings
                 self.tick()
             self.clear_vault_work()
+            self.clear_stale_queues(links)
         finally:
             self.vault_pool.shutdown(wait=True, cancel_futures=True)
             self.work_pool.shutdown(wait=True, cancel_futures=True)
@@ -634,6 +635,22 @@ class _Run:
             cutoff = future.result().started
             done = [row for row in rows if row.queued_at is not None and row.queued_at.timestamp() * 1e9 < cutoff]
             self.engine.registry.remove_vault_work(done)
+
+    def clear_stale_queues(self, links: Mapping[GroupKey, Link]) -> None:
+        """Queued observations older than the listing the audit just applied would undo its repairs
+        if a later holder wrote them (a holder that died leaves its queue behind): drop them."""
+        if self.dry_run:
+            return
+        for key, rows in self.engine.registry.all_pending().items():
+            vault = key.vault if isinstance(key, VaultKey) else getattr(links.get(key), "vault", None)
+            future = self.listings.get(vault or "")
+            if future is None or not future.done() or future.exception() is not None:
+                continue
+            started = future.result().started
+            stale = [row for row in rows if row.observation.at < started]
+            if stale:
+                logger.info("Audit dropped %d queued observations of %s older than its listing", len(stale), key)
+                self.engine.registry.remove_pending(key, stale)
 
     # -- bookkeeping ---------------------------------------------------------------------
     def count(self, link: Link) -> None:

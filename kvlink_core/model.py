@@ -84,6 +84,35 @@ class GroupKey:
     def __str__(self) -> str:
         return f"{self.organization}/{self.group_id}"
 
+    @property
+    def lease_partition(self) -> str:
+        return self.organization
+
+    @property
+    def lease_row(self) -> str:
+        return str(self.group_id)
+
+
+@dataclass(frozen=True, slots=True)
+class VaultKey:
+    """A vault's own lease and queue: events for a vault that several groups map coalesce there."""
+
+    vault: str
+
+    def __str__(self) -> str:
+        return f"vault {self.vault}"
+
+    @property
+    def lease_partition(self) -> str:
+        return "~vault"  # organization names cannot start with "~"
+
+    @property
+    def lease_row(self) -> str:
+        return self.vault.lower()
+
+
+LeaseKey = GroupKey | VaultKey
+
 
 @dataclass(frozen=True, slots=True)
 class Link:

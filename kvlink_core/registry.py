@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .errors import TransientError
-from .model import GroupKey, Link, Policy, SecretState
+from .model import GroupKey, LeaseKey, Link, Policy, SecretState, VaultKey
 from .tls import azure_transport_options
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class LeaseLostError(TransientError):
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    key: GroupKey
+    key: LeaseKey
     owner: str
     etag: str
     renewed: float  # time.monotonic() of the last successful write of the lease
@@ -216,7 +216,7 @@ class Registry:
         return _as_utc(value) if value else None
 
     # -- leases --------------------------------------------------------------------
-    def try_acquire(self, key: GroupKey) -> Lease | None:
+    def try_acquire(self, key: LeaseKey) -> Lease | None:
         """The group's lease, or None while someone else holds it."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -233,7 +233,7 @@ class Registry:
                 pass
             try:
                 with _storage("read lease"):
-                    current = table.get_entity(key.organization, str(key.group_id))
+                    current = table.get_entity(key.lease_partition, key.lease_row)
             except ResourceNotFoundError:
                 continue  # released in between: try to create it again
             if _as_utc(current["ExpiresAt"]) > datetime.now(UTC):
@@ -278,7 +278,7 @@ class Registry:
                 raise LeaseLostError(f"the lease on group {lease.key} vanished") from err
             try:
                 with _storage("read lease"):
-                    current = table.get_entity(lease.key.organization, str(lease.key.group_id))
+                    current = table.get_entity(lease.key.lease_partition, lease.key.lease_row)
             except ResourceNotFoundError as err:
                 raise LeaseLostError(f"the lease on group {lease.key} vanished") from err
             if current.get("Owner") != lease.owner:
@@ -296,8 +296,8 @@ class Registry:
         try:
             with _storage("release lease"):
                 table.delete_entity(
-                    lease.key.organization,
-                    str(lease.key.group_id),
+                    lease.key.lease_partition,
+                    lease.key.lease_row,
                     etag=lease.etag,
                     match_condition=MatchConditions.IfNotModified,
                 )
@@ -316,13 +316,13 @@ class Registry:
         except Exception:  # noqa: BLE001 -- never mask the failure that brought us here
             logger.warning("Could not release the lease on group %s; it expires by itself", lease.key)
 
-    def poke(self, key: GroupKey) -> bool:
+    def poke(self, key: LeaseKey) -> bool:
         """Tell the current holder that work is queued. False when nobody holds the lease."""
         from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
         table = self._table(LEASES_TABLE)
-        entity = {"PartitionKey": key.organization, "RowKey": str(key.group_id), "PokeId": uuid.uuid4().hex}
+        entity = {"PartitionKey": key.lease_partition, "RowKey": key.lease_row, "PokeId": uuid.uuid4().hex}
         try:
             with _storage("poke lease"):
                 table.update_entity(entity, mode=UpdateMode.MERGE)  # If-Match: * -- 404 when absent
@@ -330,29 +330,29 @@ class Registry:
             return False
         return True
 
-    def lease_free(self, key: GroupKey) -> bool:
+    def lease_free(self, key: LeaseKey) -> bool:
         """Whether nobody holds the group's lease (it is absent or expired): one read."""
         from azure.core.exceptions import ResourceNotFoundError
 
         table = self._table(LEASES_TABLE)
         try:
             with _storage("read lease"):
-                current = table.get_entity(key.organization, str(key.group_id), select=["ExpiresAt"])
+                current = table.get_entity(key.lease_partition, key.lease_row, select=["ExpiresAt"])
         except ResourceNotFoundError:
             return True
         return _as_utc(current["ExpiresAt"]) <= datetime.now(UTC)
 
-    def _lease_entity(self, key: GroupKey, owner: str, *, poke: str) -> dict[str, Any]:
+    def _lease_entity(self, key: LeaseKey, owner: str, *, poke: str) -> dict[str, Any]:
         return {
-            "PartitionKey": key.organization,
-            "RowKey": str(key.group_id),
+            "PartitionKey": key.lease_partition,
+            "RowKey": key.lease_row,
             "Owner": owner,
             "ExpiresAt": datetime.now(UTC) + timedelta(seconds=self.lease_seconds),
             "PokeId": poke,
         }
 
     # -- pending work ----------------------------------------------------------------
-    def add_pending(self, key: GroupKey, observations: Iterable[Observation]) -> list[str]:
+    def add_pending(self, key: LeaseKey, observations: Iterable[Observation]) -> list[str]:
         """Queue observations for the group's lease holder; returns their row keys."""
         rows = [_pending_entity(key, o) for o in observations]
         table = self._table(PENDING_TABLE)
@@ -361,19 +361,19 @@ class Registry:
                 table.submit_transaction([("create", e) for e in rows[start : start + _BATCH]])
         return [r["RowKey"] for r in rows]
 
-    def pending(self, key: GroupKey) -> list[PendingRow]:
+    def pending(self, key: LeaseKey) -> list[PendingRow]:
         table = self._table(PENDING_TABLE)
         with _storage("read queued work"):
-            entities = list(table.query_entities("PartitionKey eq @pk", parameters={"pk": _group_row(key)}))
+            entities = list(table.query_entities("PartitionKey eq @pk", parameters={"pk": _queue(key)}))
         return [PendingRow(e["RowKey"], _observation_from(e)) for e in entities]
 
-    def remove_pending(self, key: GroupKey, rows: Iterable[PendingRow]) -> None:
+    def remove_pending(self, key: LeaseKey, rows: Iterable[PendingRow]) -> None:
         from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import TableTransactionError
 
         table = self._table(PENDING_TABLE)
         keys = [r.row_key for r in rows]
-        pk = _group_row(key)
+        pk = _queue(key)
         for start in range(0, len(keys), _BATCH):
             chunk = keys[start : start + _BATCH]
             try:
@@ -384,7 +384,18 @@ class Registry:
                     with _storage("clear queued work"), contextlib.suppress(ResourceNotFoundError):
                         table.delete_entity(pk, rk)
 
-    def has_pending(self, key: GroupKey, row_keys: Iterable[str]) -> bool:
+    def all_pending(self) -> dict[LeaseKey, list[PendingRow]]:
+        """Every queue with work in it (one scan; normally all but empty)."""
+        table = self._table(PENDING_TABLE)
+        queues: dict[LeaseKey, list[PendingRow]] = {}
+        with _storage("read queued work"):
+            for entity in table.list_entities():
+                key = _key_of_queue(entity["PartitionKey"])
+                if key is not None:
+                    queues.setdefault(key, []).append(PendingRow(entity["RowKey"], _observation_from(entity)))
+        return queues
+
+    def has_pending(self, key: LeaseKey, row_keys: Iterable[str]) -> bool:
         wanted = set(row_keys)
         return any(row.row_key in wanted for row in self.pending(key))
 
@@ -602,6 +613,18 @@ def _run_key(moment: datetime) -> str:
     return f"{10**13 - int(moment.timestamp() * 1000):013d}-{uuid.uuid4().hex[:6]}"
 
 
+def _queue(key: LeaseKey) -> str:
+    """The partition of a lease's queued work ("org|id" for a group, "~vault|name" for a vault)."""
+    return f"{key.lease_partition}|{key.lease_row}"
+
+
+def _key_of_queue(partition: str) -> LeaseKey | None:
+    first, _, second = partition.partition("|")
+    if first == VaultKey("").lease_partition:
+        return VaultKey(second)
+    return GroupKey(first, int(second)) if second.isdigit() else None
+
+
 def _group_row(key: GroupKey) -> str:
     return f"{key.organization}|{key.group_id}"
 
@@ -645,12 +668,12 @@ def _link_from(entity: Mapping[str, Any]) -> Link:
     )
 
 
-def _pending_entity(key: GroupKey, observation: Observation) -> dict[str, Any]:
+def _pending_entity(key: LeaseKey, observation: Observation) -> dict[str, Any]:
     state = observation.state
     # Row keys sort by secret, then by observation time; the random tail keeps them unique.
     row = f"{state.key}|{observation.at:020d}|{uuid.uuid4().hex[:8]}"
     return {
-        "PartitionKey": _group_row(key),
+        "PartitionKey": _queue(key),
         "RowKey": row,
         "Name": state.name,
         "Exists": state.exists,

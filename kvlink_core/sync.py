@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .errors import (
     InvalidEventError,
@@ -28,7 +28,7 @@ from .errors import (
 )
 from .events import SecretEvent, parse_event
 from .logs import parse_log_batch
-from .model import Link
+from .model import LeaseKey, Link, VaultKey
 from .names import check_secret
 from .notify import Notifier
 from .plan import Desired, Plan, apply_plan, desired, plan_group, removal_refusal
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Status = Literal[
     "applied",
@@ -86,6 +87,7 @@ class _Round:
     observations: dict[str, Observation] = field(default_factory=dict)
     complete: bool = False
     known: VariableGroup | None = None  # the group as a listing showed it (audit), to spare a read
+    gather: bool = False  # read the queue in this first round too
 
     def merge(self, more: Iterable[Observation]) -> None:
         for obs in more:
@@ -240,9 +242,62 @@ class Engine:
             )
         ]
         skipped = [GroupOutcome(link, "unchanged") for link in links if link not in work]
+        if len(work) > 1:
+            return skipped + self._write_vault(vault, links, work, observations, origin=origin, path=path)
         return skipped + self.for_each(
             work, lambda link: self.write_group(link, observations, origin=path), origin=origin
         )
+
+    # -- vault-level coalescing ---------------------------------------------------------
+    def _write_vault(
+        self,
+        vault: str,
+        links: list[Link],
+        work: list[Link],
+        observations: list[Observation],
+        *,
+        origin: str,
+        path: str,
+    ) -> list[GroupOutcome]:
+        """Several groups to update: one holder per vault applies everyone's observations to all of them.
+
+        Without this, a burst of events for a vault mapped by ten groups meets ten contended group
+        leases per event; with it, each event costs a lease attempt on the vault, and each round
+        of the vault's holder writes every group once for all the observations queued meanwhile.
+        """
+        key = VaultKey(vault)
+        first = _Round()
+        first.merge(observations)
+
+        # One lookup serves every round: links change rarely, and the nightly audit reconciles anyway.
+        def apply(round_: _Round, is_first: bool) -> list[GroupOutcome]:
+            return self._apply_vault(links, round_, origin=origin, path=path)
+
+        lease = self.registry.try_acquire(key)
+        if lease is not None:
+            # Several groups are about to be written for one secret: let a burst's other events queue
+            # first, so this write carries theirs too (a lone event pays this short wait, once).
+            time.sleep(self.batch_window)
+            first.gather = True
+            return self._hold(key, lease, first, apply, [])
+        return self._hand_off(
+            key,
+            first,
+            on_lease=lambda lease: self._hold(key, lease, _Round(), apply, []),
+            queued=[GroupOutcome(link, "queued") for link in work],
+            wait=False,  # a burst must not line its events up behind each other's writes
+        )
+
+    def _apply_vault(self, links: list[Link], round_: _Round, *, origin: str, path: str) -> list[GroupOutcome]:
+        now = datetime.now(UTC)
+        states = [obs.state for obs in round_.observations.values()]
+        links = [
+            link
+            for link in links
+            if any(desired(s, link.policy, prune_only=link.prune_only, now=now) is not Desired.KEEP for s in states)
+        ]
+        observations = list(round_.observations.values())
+        return self.for_each(links, lambda link: self.write_group(link, observations, origin=path), origin=origin)
 
     def _links(self, vault: str) -> list[Link]:
         links = self.registry.links_for_vault(vault)
@@ -293,44 +348,57 @@ class Engine:
         first.merge(observations)
         if dry_run or self.settings.mode == "report":
             return self._apply(link, first, force=force, write=False, origin=origin)
+
+        def apply(round_: _Round, is_first: bool) -> GroupOutcome:
+            return self._apply(link, round_, force=force and is_first, write=True, origin=origin)
+
         lease = self.registry.try_acquire(link.key)
         if lease is not None:
-            return self._hold(link, lease, first, force=force, origin=origin)
+            return self._hold(link.key, lease, first, apply, GroupOutcome(link, "unchanged"))
         if complete:
             # A whole-group sync reports its own plan, so it waits for its turn.
-            return self._hold(link, self._wait_for_lease(link), first, force=force, origin=origin)
-        return self._hand_off(link, first, origin=origin)
+            return self._hold(link.key, self._wait_for_lease(link), first, apply, GroupOutcome(link, "unchanged"))
+        return self._hand_off(
+            link.key,
+            first,
+            on_lease=lambda lease: self._hold(link.key, lease, _Round(), apply, GroupOutcome(link, "unchanged")),
+            queued=GroupOutcome(link, "queued"),
+        )
 
-    def _hold(self, link: Link, lease: Lease, first: _Round, *, force: bool, origin: str) -> GroupOutcome:
-        """Write as the lease holder, round after round, until nothing more is queued."""
-        result: GroupOutcome | None = None
+    def _hold(self, key: LeaseKey, lease: Lease, first: _Round, apply: Callable[[_Round, bool], T], default: T) -> T:
+        """Write as the lease holder, round after round, until nothing more is queued.
+
+        Returns what ``apply`` returned for the holder's own (first) round, or for the first
+        round that had work, or ``default`` when no round had any.
+        """
+        result: T | None = None
         current: _Round | None = first
-        look_at_queue = lease.took_over or not first.observations
+        look_at_queue = lease.took_over or not first.observations or first.gather
         started = time.monotonic()
         window = self.batch_window
         try:
             while True:
                 work = current or _Round()
-                rows = self.registry.pending(link.key) if look_at_queue else []
+                rows = self.registry.pending(key) if look_at_queue else []
                 work.merge(row.observation for row in rows)
                 if work.observations:
                     lease = self._keep_alive(lease)
-                    outcome = self._apply(link, work, force=force and work is first, write=True, origin=origin)
+                    outcome = apply(work, work is first)
                     result = outcome if work is first or result is None else result
                 if rows:
-                    self.registry.remove_pending(link.key, rows)
+                    self.registry.remove_pending(key, rows)
                 current, look_at_queue = None, True
                 if lease.poked:  # seen while renewing, possibly after this round read the queue
                     lease = replace(lease, poked=False)
                     continue
                 if self.registry.release(lease):
-                    return result or GroupOutcome(link, "unchanged")
+                    return default if result is None else result
                 if time.monotonic() - started > self.holder_budget:
                     # Under a steady stream this invocation would never finish (and Event Grid wants an
                     # answer within 30 s). Its own work is done; every queued row has a waiter that
                     # polls the lease, so hand it over.
                     self.registry.release_quietly(lease)
-                    return result or GroupOutcome(link, "unchanged")
+                    return default if result is None else result
                 # Someone queued work. Let more arrive before the next round, a little longer each time
                 # the queue refills: in a burst, one write then carries many observations, not one each.
                 time.sleep(window)
@@ -345,33 +413,47 @@ class Engine:
             return self.registry.refresh(lease)
         return lease
 
-    def _hand_off(self, link: Link, work: _Round, *, origin: str) -> GroupOutcome:
-        """Queue the observations for the current holder and wait until they are written."""
-        rows = self.registry.add_pending(link.key, work.observations.values())
+    def _hand_off(
+        self, key: LeaseKey, work: _Round, *, on_lease: Callable[[Lease], T], queued: T, wait: bool = True
+    ) -> T:
+        """Queue the observations for the current holder; by default, wait until they are written.
+
+        Without ``wait`` the queued work is the holder's once a live holder has been poked: it
+        writes everything queued before it lets go, and whoever takes the lease next (or the
+        nightly audit) finishes what a holder that died left behind.
+        """
+        rows = self.registry.add_pending(key, work.observations.values())
         deadline = time.monotonic() + self.max_wait
         delay = self.batch_window + 0.1
         while time.monotonic() < deadline:
-            if not self.registry.poke(link.key):
-                lease = self.registry.try_acquire(link.key)
+            if not self.registry.poke(key):
+                lease = self.registry.try_acquire(key)
                 if lease is not None:
-                    return self._hold(link, lease, _Round(), force=False, origin=origin)
+                    return on_lease(lease)
                 continue  # another waiter got it first: poke that one
+            if not wait:
+                if not self.registry.lease_free(key):
+                    return queued
+                lease = self.registry.try_acquire(key)  # the poked holder had died: take over
+                if lease is not None:
+                    return on_lease(lease)
+                continue
             polls = 0
             while time.monotonic() < deadline:
                 # The holder gathers work for a batch window and then writes: no need to poll faster.
                 time.sleep(delay * (0.5 + random.random()))  # noqa: S311 -- jitter, not crypto
                 delay = min(delay * 1.5, 2.0)
                 polls += 1
-                if not self.registry.has_pending(link.key, rows):
-                    logger.info("Group %s: the lease holder wrote our changes", link.key)
-                    return GroupOutcome(link, "queued")
-                if polls % 3 or not self.registry.lease_free(link.key):
+                if not self.registry.has_pending(key, rows):
+                    logger.info("%s: the lease holder wrote our changes", key)
+                    return queued
+                if polls % 3 or not self.registry.lease_free(key):
                     continue  # one read per poll; the lease itself is looked at every third poll
-                lease = self.registry.try_acquire(link.key)
+                lease = self.registry.try_acquire(key)
                 if lease is not None:  # the holder finished or died: finish the queue ourselves
-                    return self._hold(link, lease, _Round(), force=False, origin=origin)
+                    return on_lease(lease)
         raise LeaseBusyError(
-            f"group {link.key} stayed locked for {self.max_wait:.0f}s; its changes stay queued",
+            f"{key} stayed locked for {self.max_wait:.0f}s; its changes stay queued",
             retry_after=self.registry.lease_seconds,
         )
 

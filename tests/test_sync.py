@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from kvlink_core.errors import TransientError
-from kvlink_core.model import Policy, SecretState
+from kvlink_core.model import Policy, SecretState, VaultKey
 from kvlink_core.registry import Observation
 from standins.events import secret_event
 
@@ -383,3 +383,62 @@ class TestConcurrency:
 
         assert all(estate.names(g) == ["api-key"] for g in groups)
         assert estate.ado.max_concurrency >= 2
+
+
+class TestVaultCoalescing:
+    """Several groups on one vault: events coalesce on the vault's lease, not on each group's."""
+
+    def groups(self, estate, engine, n=3):
+        ids = [estate.group(f"team-{i}", ["existing"]) for i in range(n)]
+        estate.kv.set_secret(estate.vault, "existing")
+        for gid in ids:
+            estate.link(engine, gid)
+        return ids
+
+    def test_burst_on_a_vault_with_several_groups(self, estate):
+        """40 concurrent events for a vault mapped by 3 groups: every group right, each written a few times."""
+        engine = estate.engine()
+        ids = self.groups(estate, engine)
+        estate.ado.latency = 0.02
+        events = [new_secret(estate, f"burst-{i:02d}") for i in range(40)]
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(engine.handle_event, events))
+
+        expected = sorted(["existing", *(f"burst-{i:02d}" for i in range(40))])
+        assert all(estate.names(gid) == expected for gid in ids)
+        assert {g.status for r in results for g in r.groups} <= {"applied", "queued", "unchanged"}
+        assert max(len(estate.ado.writes(estate.org, gid)) for gid in ids) <= 10
+
+    def test_dead_vault_holder_work_is_finished_by_the_next_event(self, estate):
+        """Work queued behind a vault holder that died is written by the next event once the lease expires."""
+        engine = estate.engine(lease_seconds=1.0)
+        ids = self.groups(estate, engine)
+        dead = engine.registry.try_acquire(VaultKey(estate.vault))
+        assert dead is not None
+
+        first = engine.handle_event(new_secret(estate, "while-dead"))
+        assert {g.status for g in first.groups} == {"queued"}  # handed to the (dead) holder
+        assert all("while-dead" not in estate.names(gid) for gid in ids)
+        time.sleep(1.2)
+        engine.handle_event(new_secret(estate, "after-expiry"))
+
+        assert all({"while-dead", "after-expiry"} <= set(estate.names(gid)) for gid in ids)
+        assert engine.registry.pending(VaultKey(estate.vault)) == []
+
+    def test_audit_drops_queued_work_older_than_its_listing(self, estate):
+        """A dead holder's stale queue cannot undo the audit's repairs later."""
+        from kvlink_core.audit import run_audit
+
+        engine = estate.engine(lease_seconds=30.0)
+        ids = self.groups(estate, engine)
+        estate.kv.set_secret(estate.vault, "gone-later")
+        stale = Observation(SecretState("gone-later"), at=time.time_ns() - 10**9)
+        engine.registry.add_pending(VaultKey(estate.vault), [stale])
+        estate.kv.delete_secret(estate.vault, "gone-later")
+
+        run_audit(engine, store=False)
+
+        assert engine.registry.pending(VaultKey(estate.vault)) == []
+        engine.handle_event(new_secret(estate, "next"))  # a later holder finds nothing stale to replay
+        assert all("gone-later" not in estate.names(gid) for gid in ids)
