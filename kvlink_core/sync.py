@@ -279,11 +279,11 @@ class Engine:
             # first, so this write carries theirs too (a lone event pays this short wait, once).
             time.sleep(self.batch_window)
             first.gather = True
-            return self._hold(key, lease, first, apply, [])
+            return self._hold(key, lease, first, apply, [], waiters_poll=False)
         return self._hand_off(
             key,
             first,
-            on_lease=lambda lease: self._hold(key, lease, _Round(), apply, []),
+            on_lease=lambda lease: self._hold(key, lease, _Round(), apply, [], waiters_poll=False),
             queued=[GroupOutcome(link, "queued") for link in work],
             wait=False,  # a burst must not line its events up behind each other's writes
         )
@@ -365,7 +365,16 @@ class Engine:
             queued=GroupOutcome(link, "queued"),
         )
 
-    def _hold(self, key: LeaseKey, lease: Lease, first: _Round, apply: Callable[[_Round, bool], T], default: T) -> T:
+    def _hold(
+        self,
+        key: LeaseKey,
+        lease: Lease,
+        first: _Round,
+        apply: Callable[[_Round, bool], T],
+        default: T,
+        *,
+        waiters_poll: bool = True,
+    ) -> T:
         """Write as the lease holder, round after round, until nothing more is queued.
 
         Returns what ``apply`` returned for the holder's own (first) round, or for the first
@@ -393,10 +402,11 @@ class Engine:
                     continue
                 if self.registry.release(lease):
                     return default if result is None else result
-                if time.monotonic() - started > self.holder_budget:
+                if waiters_poll and time.monotonic() - started > self.holder_budget:
                     # Under a steady stream this invocation would never finish (and Event Grid wants an
                     # answer within 30 s). Its own work is done; every queued row has a waiter that
-                    # polls the lease, so hand it over.
+                    # polls the lease, so hand it over. (Where waiters hand their work over and leave,
+                    # the holder drains the queue: at worst its own event is redelivered, harmlessly.)
                     self.registry.release_quietly(lease)
                     return default if result is None else result
                 # Someone queued work. Let more arrive before the next round, a little longer each time

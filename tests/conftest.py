@@ -130,6 +130,7 @@ class Estate:
         lease_seconds: float = 10.0,
         max_wait: float | None = None,
         devops_timeout: float = 20.0,
+        holder_budget: float = 15.0,
         **overrides: str,
     ) -> Engine:
         """An engine wired to the stand-ins, with retries tuned to test speed."""
@@ -147,6 +148,7 @@ class Estate:
                 client_options={"raw_request_hook": self.table_calls, "retry_total": 1, "retry_backoff_factor": 0.05},
             ),
             max_wait=max_wait,
+            holder_budget=holder_budget,
         )
         self._engines.append(engine)
         return engine

@@ -395,9 +395,11 @@ class TestVaultCoalescing:
             estate.link(engine, gid)
         return ids
 
-    def test_burst_on_a_vault_with_several_groups(self, estate):
-        """40 concurrent events for a vault mapped by 3 groups: every group right, each written a few times."""
-        engine = estate.engine()
+    @pytest.mark.parametrize("budget", [15.0, 0.05], ids=["normal", "holder-past-its-budget"])
+    def test_burst_on_a_vault_with_several_groups(self, estate, budget):
+        """40 concurrent events for a vault mapped by 3 groups: every group right, each written a few times --
+        also when the vault's holder runs past its budget (its hand-over must not strand queued work)."""
+        engine = estate.engine(holder_budget=budget)
         ids = self.groups(estate, engine)
         estate.ado.latency = 0.02
         events = [new_secret(estate, f"burst-{i:02d}") for i in range(40)]
