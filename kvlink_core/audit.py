@@ -52,6 +52,13 @@ class Finding:
     secret: str | None = None
     repaired: bool = False
 
+    @classmethod
+    def about(cls, link: Link, severity: Severity, kind: str, message: str, secret: str | None = None) -> Finding:
+        """A finding about one linked (or discovered) group."""
+        return cls(
+            severity, kind, message, link.organization, link.project, link.group_id, link.group_name, link.vault, secret
+        )
+
     def as_json(self) -> dict[str, Any]:
         return {
             "severity": self.severity,
@@ -148,15 +155,11 @@ def group_findings(
 
     def finding(severity: Severity, kind: str, message: str, secret: str | None) -> None:
         findings.append(
-            Finding(
+            Finding.about(
+                link,
                 severity,
                 kind,
                 message,
-                link.organization,
-                link.project,
-                link.group_id,
-                link.group_name,
-                link.vault,
                 secret,
             )
         )
@@ -393,16 +396,12 @@ class _Run:
                 self.engine.registry.save_link(link, previous=None)
         elif link.vault != vault:
             self.add(
-                Finding(
+                Finding.about(
+                    link,
                     "error",
                     "vault-changed",
                     f"the link says vault {link.vault} but the group now maps vault {vault}; "
                     "kvlink leaves it alone until it is linked again",
-                    link.organization,
-                    link.project,
-                    link.group_id,
-                    link.group_name,
-                    link.vault,
                 )
             )
             self.record(link, group.variables, "vault-changed")
@@ -451,15 +450,11 @@ class _Run:
         except KvLinkError as err:
             self.add(
                 *findings,
-                Finding(
+                Finding.about(
+                    link,
                     "error",
                     "write-failed",
                     f"could not update the group: {err}",
-                    link.organization,
-                    link.project,
-                    link.group_id,
-                    link.group_name,
-                    link.vault,
                 ),
             )
             self.record(link, group.variables, "failed")
@@ -483,28 +478,20 @@ class _Run:
                 self.report.names_removed += len(plan.remove)
         elif outcome.status == "refused":
             findings.append(
-                Finding(
+                Finding.about(
+                    link,
                     "error",
                     "sync-refused",
                     f"{outcome.message}; plan {json.dumps(plan.as_dict())}",
-                    link.organization,
-                    link.project,
-                    link.group_id,
-                    link.group_name,
-                    link.vault,
                 )
             )
         elif outcome.status in ("group-missing", "not-key-vault", "vault-changed"):
             findings.append(
-                Finding(
+                Finding.about(
+                    link,
                     "error",
                     "group-changed",
                     outcome.message or outcome.status,
-                    link.organization,
-                    link.project,
-                    link.group_id,
-                    link.group_name,
-                    link.vault,
                 )
             )
         self.add(*findings)
@@ -526,16 +513,12 @@ class _Run:
                 continue  # already reported as not reached
             if where in scanned or not self.settings.devops_projects:
                 self.add(
-                    Finding(
+                    Finding.about(
+                        link,
                         "error",
                         "link-target-missing",
                         f"linked group {link.group_name} (id "
                         f"{link.group_id}) or its project {link.project} no longer exists",
-                        link.organization,
-                        link.project,
-                        link.group_id,
-                        link.group_name,
-                        link.vault,
                     )
                 )
                 continue
@@ -551,15 +534,11 @@ class _Run:
             return
         if group is None:
             self.add(
-                Finding(
+                Finding.about(
+                    link,
                     "error",
                     "link-target-missing",
                     f"linked group {link.group_name} no longer exists",
-                    link.organization,
-                    link.project,
-                    link.group_id,
-                    link.group_name,
-                    link.vault,
                 )
             )
             return
