@@ -53,8 +53,12 @@ def run_kvlink() -> dict[str, Any]:
     }
 
 
-def run_sequential() -> dict[str, Any]:
-    """The straightforward audit: one thing at a time; each vault listed once (cached); re-read before a write."""
+def run_sequential(*, cache_listings: bool = True, limit: int | None = None) -> dict[str, Any]:
+    """A sequential audit: one thing at a time, re-reading a group before writing it.
+
+    ``cache_listings=False`` is the straightforward one: every group lists its own vault.
+    ``limit`` stops after that many Key Vault groups (a sample; its numbers are scaled up).
+    """
     from kvlink_core.model import GroupKey, Policy
     from kvlink_core.plan import apply_plan, plan_group
 
@@ -63,15 +67,18 @@ def run_sequential() -> dict[str, Any]:
     started = time.perf_counter()
     links = {link.key: link for link in engine.registry.list_links()}
     listings: dict[str, Any] = {}
-    changed = added = 0
+    changed = added = audited = 0
     for org in engine.settings.devops_orgs:
         for project in engine.devops.list_projects(org):
+            if limit is not None and audited >= limit:
+                break
             for group in engine.devops.list_groups(org, project["name"]):
                 if not group.is_key_vault or not group.vault:
                     continue
+                audited += 1
                 link = links.get(GroupKey(org.lower(), group.id))
                 policy, prune = (link.policy, link.prune_only) if link else (Policy(), True)
-                if group.vault not in listings:
+                if group.vault not in listings or not cache_listings:
                     listings[group.vault] = engine.keyvault.list_secrets(group.vault)
                 plan = plan_group(group.variables, listings[group.vault], policy, complete=True, prune_only=prune)
                 if plan.changed:
@@ -81,7 +88,22 @@ def run_sequential() -> dict[str, Any]:
                     changed += 1
                     added += len(plan.add)
     elapsed = time.perf_counter() - started
-    return {"seconds": elapsed, "calls": dict(counter), "changed": changed, "added": added, "unreached": []}
+    return {
+        "seconds": elapsed,
+        "calls": dict(counter),
+        "changed": changed,
+        "added": added,
+        "unreached": [],
+        "groups_audited": audited,
+    }
+
+
+def _contender(kind: str) -> dict[str, Any]:
+    if kind == "kvlink":
+        return run_kvlink()
+    if kind == "sequential":
+        return run_sequential()
+    return run_sequential(cache_listings=False, limit=int(os.environ.get("BENCH_NAIVE_LIMIT", "0")) or None)
 
 
 def worker(kind: str) -> None:
@@ -90,10 +112,10 @@ def worker(kind: str) -> None:
         import pstats
 
         with cProfile.Profile() as profile:
-            result = run_kvlink() if kind == "kvlink" else run_sequential()
+            result = _contender(kind)
         pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
     else:
-        result = run_kvlink() if kind == "kvlink" else run_sequential()
+        result = _contender(kind)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
     result["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 2)
@@ -174,10 +196,11 @@ def lower_bound(shape: Shape, drifted: int) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--worker", choices=["kvlink", "sequential"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["kvlink", "sequential", "naive"], help=argparse.SUPPRESS)
     for field, default in asdict(Shape()).items():
         parser.add_argument(f"--{field}", type=type(default), default=default)
     parser.add_argument("--skip-sequential", action="store_true", help="only run kvlink's audit")
+    parser.add_argument("--naive-sample", type=float, default=0.1, help="share of groups the naive audit runs on")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "audit_scale.json"))
     args = parser.parse_args()
     if args.worker:
@@ -188,6 +211,18 @@ def main() -> None:
     results = {"shape": asdict(shape), "kvlink": contend("kvlink", shape)}
     print(f"kvlink:     {results['kvlink']}", flush=True)
     if not args.skip_sequential:
+        # The straightforward audit lists a vault for every group: ~10 minutes here. It runs on a
+        # sample of the groups and its time and calls are scaled up (it is sequential: linear).
+        sample = max(1, round(shape.groups * args.naive_sample))
+        os.environ["BENCH_NAIVE_LIMIT"] = str(sample)
+        naive = contend("naive", shape)
+        scale = shape.groups / max(1, naive["groups_audited"])
+        naive["measured_on_groups"] = naive["groups_audited"]
+        naive["seconds_measured"] = naive["seconds"]
+        naive["seconds"] = naive["seconds"] * scale
+        naive["calls"] = {k: round(v * scale) for k, v in naive["calls"].items()}
+        results["naive"] = naive
+        print(f"naive:      {results['naive']}", flush=True)
         results["sequential"] = contend("sequential", shape)
         print(f"sequential: {results['sequential']}", flush=True)
     drifted = results["kvlink"]["changed"]
