@@ -228,11 +228,7 @@ def group_summary(link: Link, names: Iterable[str], outcome: str, *, ignored: bo
     """
     mapped = sorted(names, key=str.lower)
     return {
-        "organization": link.organization,
-        "project": link.project,
-        "groupId": link.group_id,
-        "group": link.group_name,
-        "vault": link.vault,
+        **link.where(),
         "kind": link.kind,
         "policy": policy_summary(link, ignored=ignored),
         "mapped": len(mapped),

@@ -173,11 +173,7 @@ class SyncResult:
 def link_json(link: Link) -> dict[str, Any]:
     policy = link.policy
     return {
-        "organization": link.organization,
-        "project": link.project,
-        "groupId": link.group_id,
-        "group": link.group_name,
-        "vault": link.vault,
+        **link.where(),
         "include": list(policy.include),
         "exclude": list(policy.exclude),
         "tags": dict(policy.tags),

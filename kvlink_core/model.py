@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 Mode = Literal["merge", "mirror"]
 LinkKind = Literal["linked", "discovered"]
@@ -134,3 +134,13 @@ class Link:
     def prune_only(self) -> bool:
         """Discovered groups were never linked: only names that break pipelines are removed."""
         return self.kind == "discovered"
+
+    def where(self) -> dict[str, Any]:
+        """The group's place, in the field names every response and report uses."""
+        return {
+            "organization": self.organization,
+            "project": self.project,
+            "groupId": self.group_id,
+            "group": self.group_name,
+            "vault": self.vault,
+        }

@@ -63,11 +63,7 @@ class Notifier:
             GROUP_UPDATED,
             subject=f"{link.organization}/{link.project}/{link.group_id}",
             data={
-                "organization": link.organization,
-                "project": link.project,
-                "groupId": link.group_id,
-                "group": link.group_name,
-                "vault": link.vault,
+                **link.where(),
                 "added": plan.added_names,
                 "removed": list(plan.remove),
                 "origin": origin,
