@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -24,6 +23,7 @@ import stamina
 
 from .credentials import DEVOPS_SCOPE
 from .errors import TransientError, UpstreamError
+from .model import parse_timestamp
 from .tls import ssl_context
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class VariableGroup:
     @property
     def modified_on(self) -> datetime | None:
         """When Azure DevOps last saw the group change (its own clock)."""
-        return parse_time(self.raw.get("modifiedOn"))
+        return parse_timestamp(self.raw.get("modifiedOn"))
 
     def parameters(self, variables: Mapping[str, Any]) -> dict[str, Any]:
         """The PUT body: everything as read, with new variables. Fields kvlink does not own stay."""
@@ -188,17 +188,7 @@ class DevOps:
         params: dict[str, Any] = {"queryOrder": "IdAscending", "$top": page_size}
         if name:
             params["groupName"] = name
-        token: str | None = None
-        while True:
-            if token:
-                params["continuationToken"] = token
-            response = self._send("GET", url, organization=organization, params=params, missing_ok=False)
-            assert response is not None
-            values = _json(response, organization).get("value") or []
-            yield from (VariableGroup(v) for v in values)
-            token = response.headers.get("x-ms-continuationtoken")
-            if not token or not values:
-                return
+        return (VariableGroup(v) for v in self._pages(url, organization, params))
 
     def update_group(self, organization: str, group: VariableGroup, variables: Mapping[str, Any]) -> VariableGroup:
         """Replace the group's variables; every other field is sent back as it was read."""
@@ -216,16 +206,7 @@ class DevOps:
     def list_projects(self, organization: str, *, page_size: int = 100) -> Iterator[dict[str, Any]]:
         """Every project of the organization, page by page."""
         url = f"{self._org_url(organization)}/_apis/projects"
-        params: dict[str, Any] = {"$top": page_size}
-        while True:
-            response = self._send("GET", url, organization=organization, params=params)
-            assert response is not None
-            values = _json(response, organization).get("value") or []
-            yield from values
-            token = response.headers.get("x-ms-continuationtoken")
-            if not token or not values:
-                return
-            params["continuationToken"] = token
+        return self._pages(url, organization, {"$top": page_size})
 
     def get_service_endpoints(self, organization: str, project: str, ids: Iterable[str]) -> list[dict[str, Any]]:
         """Service connections by id, failed (not ready) ones included."""
@@ -258,6 +239,18 @@ class DevOps:
 
     def _project_url(self, organization: str, project: str) -> str:
         return f"{self._org_url(organization)}/{quote(project, safe='')}"
+
+    def _pages(self, url: str, organization: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The ``value`` items of a GET, following ``x-ms-continuationtoken`` page by page."""
+        while True:
+            response = self._send("GET", url, organization=organization, params=params)
+            assert response is not None  # only 404 with missing_ok answers None
+            values = _json(response, organization).get("value") or []
+            yield from values
+            token = response.headers.get("x-ms-continuationtoken")
+            if not token or not values:
+                return
+            params = {**params, "continuationToken": token}
 
     def _request(self, method: str, url: str, *, organization: str, **options: Any) -> dict[str, Any] | None:
         """:meth:`_send`, then the JSON body (None for 404-when-allowed, no body, or ``null``)."""
@@ -384,18 +377,6 @@ def _error_message(response: httpx.Response) -> str:
     if isinstance(body, dict) and body.get("message"):
         return str(body["message"])[:500]
     return response.reason_phrase or "no details"
-
-
-def parse_time(value: Any) -> datetime | None:
-    """Azure DevOps timestamps: ISO 8601 with up to 7 fraction digits (and trailing zeros dropped)."""
-    if not isinstance(value, str) or not value:
-        return None
-    text = re.sub(r"(\.\d{6})\d+", r"\1", value.strip().replace("Z", "+00:00"))
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import InvalidEventError, UnwantedEventError
+from .model import parse_timestamp
 from .names import check_secret, check_vault
 
 PREFIX = "Microsoft.KeyVault."
@@ -116,7 +117,7 @@ def parse_event(envelope: Mapping[str, Any]) -> SecretEvent:
         vault=vault.lower(),
         secret=secret,
         version=_text(data.get("version")) or id_version,
-        event_time=_datetime(when),
+        event_time=parse_timestamp(when),
         not_before=_epoch(data.get("nbf")),
         expires=_epoch(data.get("exp")),
     )
@@ -159,18 +160,3 @@ def _epoch(value: Any) -> datetime | None:
     if seconds <= 0:
         return None
     return datetime.fromtimestamp(seconds, tz=UTC)
-
-
-def _datetime(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    text = _text(value)
-    if not text:
-        return None
-    try:
-        # fromisoformat reads at most 6 fraction digits; Event Grid sends 7
-        text = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

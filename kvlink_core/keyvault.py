@@ -212,7 +212,6 @@ def _translate(vault: str, action: str, call: Callable[[], T]) -> T:
     from azure.core.exceptions import (
         ClientAuthenticationError,
         HttpResponseError,
-        ResourceNotFoundError,
         ServiceRequestError,
         ServiceResponseError,
     )
@@ -229,8 +228,6 @@ def _translate(vault: str, action: str, call: Callable[[], T]) -> T:
             _status(err),
             f"Key Vault refused kvlink's identity when trying to {action} vault {vault!r}",
         ) from err
-    except ResourceNotFoundError as err:
-        raise UpstreamError("keyvault", 404, f"vault {vault!r} was not found (cannot {action} it)") from err
     except (ServiceRequestError, ServiceResponseError) as err:
         raise TransientError(
             f"could not reach vault {vault!r} to {action} it: {type(err).__name__}", system="keyvault"

@@ -7,7 +7,7 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 Mode = Literal["merge", "mirror"]
@@ -144,3 +144,17 @@ class Link:
             "group": self.group_name,
             "vault": self.vault,
         }
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """An ISO 8601 timestamp from Azure (``Z`` and 7 fraction digits: Python 3.11 reads both); naive = UTC."""
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str) and value.strip():
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

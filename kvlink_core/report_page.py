@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .audit import policy_summary
+from .model import parse_timestamp
 
 if TYPE_CHECKING:
     import jinja2
@@ -209,7 +210,7 @@ def render_report(
 
     base = devops_url.rstrip("/")
     runs = list(history[:HISTORY_RUNS])
-    previous = _when(runs[1].get("finished")) if len(runs) > 1 else None
+    previous = parse_timestamp(runs[1].get("finished")) if len(runs) > 1 else None
     findings = [f for f in (latest or {}).get("findings") or [] if isinstance(f, Mapping)]
     rows = group_rows(latest, links, now=now, devops_url=base, since=previous)
     context = {
@@ -256,7 +257,7 @@ def banners(latest: Mapping[str, Any] | None, *, now: datetime) -> list[Banner]:
             )
         ]
     found: list[Banner] = []
-    finished = _when(latest.get("finished"))
+    finished = parse_timestamp(latest.get("finished"))
     if finished is None or now - finished > STALE_AFTER:
         when = f"finished {_ago(finished, now)}, on {_stamp(finished)}" if finished else "has no finish time"
         found.append(
@@ -305,8 +306,8 @@ def stats(
     recent = [r.change for r in rows if r.change is not None and r.change.recent]
     by_path = Counter(c.path for c in recent)
     since = "the previous audit" if previous is not None else "the last 24 h"
-    finished = _when(latest.get("finished"))
-    started = _when(latest.get("started"))
+    finished = parse_timestamp(latest.get("finished"))
+    started = parse_timestamp(latest.get("started"))
     result = [
         Stat("vaults", "Vaults", str(latest.get("vaults", 0)), "listed by the audit"),
         Stat(
@@ -537,7 +538,7 @@ def trend_chart(history: Sequence[Mapping[str, Any]]) -> Chart | None:
         return None
     step = (_RIGHT - _LEFT) / max(len(runs) - 1, 1)
     xs = [(_LEFT + _RIGHT) / 2] if len(runs) == 1 else [_LEFT + i * step for i in range(len(runs))]
-    days = [_when(run.get("started")) for run in runs]
+    days = [parse_timestamp(run.get("started")) for run in runs]
     stamps = [_stamp(day) if day else "unknown time" for day in days]
 
     def values(section: str, key: str) -> list[int]:
@@ -595,18 +596,6 @@ def _nice(peak: int) -> int:
 
 
 # -- small helpers -------------------------------------------------------------------------------
-def _when(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _stamp(moment: datetime) -> str:
     return f"{moment.astimezone(UTC):%d %b %Y %H:%M} UTC"
 

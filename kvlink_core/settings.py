@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -104,30 +104,9 @@ class Settings:
             problems.append(f"KVLINK_UNLINKED_GROUPS must be 'prune' or 'ignore', not {unlinked!r}")
 
         projects = _projects(get("KVLINK_DEVOPS_PROJECTS"), orgs, problems)
-        warning_days = _integer(
-            get("KVLINK_EXPIRY_WARNING_DAYS"),
-            "KVLINK_EXPIRY_WARNING_DAYS",
-            default=30,
-            low=0,
-            high=3650,
-            problems=problems,
-        )
-        vault_concurrency = _integer(
-            get("KVLINK_VAULT_CONCURRENCY"),
-            "KVLINK_VAULT_CONCURRENCY",
-            default=32,
-            low=1,
-            high=256,
-            problems=problems,
-        )
-        devops_concurrency = _integer(
-            get("KVLINK_DEVOPS_CONCURRENCY"),
-            "KVLINK_DEVOPS_CONCURRENCY",
-            default=4,
-            low=1,
-            high=64,
-            problems=problems,
-        )
+        warning_days = _integer(get, "KVLINK_EXPIRY_WARNING_DAYS", default=30, low=0, high=3650, problems=problems)
+        vault_concurrency = _integer(get, "KVLINK_VAULT_CONCURRENCY", default=32, low=1, high=256, problems=problems)
+        devops_concurrency = _integer(get, "KVLINK_DEVOPS_CONCURRENCY", default=4, low=1, high=64, problems=problems)
         notify = get("KVLINK_NOTIFY_TOPIC_ENDPOINT")
         if notify:
             problems += _check_url("KVLINK_NOTIFY_TOPIC_ENDPOINT", notify, template=False)
@@ -204,7 +183,10 @@ def _fraction(value: str | None, problems: list[str]) -> float:
     return fraction
 
 
-def _integer(value: str | None, name: str, *, default: int, low: int, high: int, problems: list[str]) -> int:
+def _integer(
+    get: Callable[[str], str | None], name: str, *, default: int, low: int, high: int, problems: list[str]
+) -> int:
+    value = get(name)
     if value is None:
         return default
     try:
