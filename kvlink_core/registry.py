@@ -4,9 +4,11 @@
 * **leases** -- one entity per group; whoever creates it (or takes over an expired one
   with an ETag match) may write the group. Releasing is a delete that only succeeds if
   the ETag is unchanged, which is how a holder learns that someone queued work meanwhile.
-* **pending** -- append-only observations of secrets, queued for a group whose lease
-  is busy; the holder folds them into its next write, so a burst of events costs a few
-  group writes instead of one read-modify-write each.
+* **pending** -- append-only observations of secrets, queued for a group (or vault) whose
+  lease is busy; the holder folds them into its next write, so a burst of events costs a
+  few group writes instead of one read-modify-write each.
+* **vault work** -- secrets the diagnostic-log path must still decide, written before it acts.
+* **audit** -- the last 30 audit runs: summary, findings and per-group summaries.
 
 This is the only module that imports ``azure.data.tables``.
 """
@@ -27,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .errors import TransientError
-from .model import GroupKey, LeaseKey, Link, Policy, SecretState, VaultKey
+from .model import GroupKey, LeaseKey, Link, Policy, SecretState, VaultKey, parse_timestamp
 from .tls import azure_transport_options
 
 if TYPE_CHECKING:
@@ -138,7 +140,7 @@ class Registry:
             records = [
                 LinkRecord(
                     _link_from(e),
-                    _as_utc(e["LastChangeAt"]) if e.get("LastChangeAt") else None,
+                    parse_timestamp(e.get("LastChangeAt")),
                     str(e["LastChangeBy"]) if e.get("LastChangeBy") else None,
                     str(e["LastChange"]) if e.get("LastChange") else None,
                 )
@@ -212,8 +214,7 @@ class Registry:
                 entity = table.get_entity(link.vault.lower(), _group_row(link.key), select=["WrittenOn"])
         except ResourceNotFoundError:
             return None
-        value = entity.get("WrittenOn")
-        return _as_utc(value) if value else None
+        return parse_timestamp(entity.get("WrittenOn"))
 
     # -- leases --------------------------------------------------------------------
     def try_acquire(self, key: LeaseKey) -> Lease | None:
@@ -236,7 +237,7 @@ class Registry:
                     current = table.get_entity(key.lease_partition, key.lease_row)
             except ResourceNotFoundError:
                 continue  # released in between: try to create it again
-            if _as_utc(current["ExpiresAt"]) > datetime.now(UTC):
+            if not _expired(current):
                 return None
             try:
                 with _storage("take over lease"):
@@ -340,7 +341,7 @@ class Registry:
                 current = table.get_entity(key.lease_partition, key.lease_row, select=["ExpiresAt"])
         except ResourceNotFoundError:
             return True
-        return _as_utc(current["ExpiresAt"]) <= datetime.now(UTC)
+        return _expired(current)
 
     def _lease_entity(self, key: LeaseKey, owner: str, *, poke: str) -> dict[str, Any]:
         return {
@@ -357,8 +358,7 @@ class Registry:
         rows = [_pending_entity(key, o) for o in observations]
         table = self._table(PENDING_TABLE)
         with _storage("queue work"):
-            for start in range(0, len(rows), _BATCH):
-                table.submit_transaction([("create", e) for e in rows[start : start + _BATCH]])
+            _in_batches(table, [("create", e) for e in rows])
         return [r["RowKey"] for r in rows]
 
     def pending(self, key: LeaseKey) -> list[PendingRow]:
@@ -422,8 +422,7 @@ class Registry:
             for i, g in enumerate(groups or [])
         ]
         with _storage("save audit findings"):
-            for start in range(0, len(rows), _BATCH):
-                table.submit_transaction([("create", e) for e in rows[start : start + _BATCH]])
+            _in_batches(table, [("create", e) for e in rows])
         with _storage("save audit summary"):
             table.create_entity(
                 {
@@ -476,14 +475,9 @@ class Registry:
                     parameters={"pk": f"findings|{run}"},
                     select=["PartitionKey", "RowKey"],
                 )
-                keys = [e["RowKey"] for e in findings]
-                for start in range(0, len(keys), _BATCH):
-                    table.submit_transaction(
-                        [
-                            ("delete", {"PartitionKey": f"findings|{run}", "RowKey": k})
-                            for k in keys[start : start + _BATCH]
-                        ]
-                    )
+                _in_batches(
+                    table, [("delete", {"PartitionKey": f"findings|{run}", "RowKey": e["RowKey"]}) for e in findings]
+                )
                 table.delete_entity("run", run)
 
     # -- vault work (diagnostic-log path) -------------------------------------------------
@@ -503,9 +497,7 @@ class Registry:
             for name in names
         ]
         with _storage("queue vault work"):
-            for start in range(0, len(rows), _BATCH):
-                chunk = rows[start : start + _BATCH]
-                table.submit_transaction([("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
+            _in_batches(table, [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in rows])
 
     def vault_work(self) -> dict[str, list[WorkRow]]:
         """Everything still to decide, by vault -- this batch's and what earlier failures left."""
@@ -513,12 +505,11 @@ class Registry:
         work: dict[str, list[WorkRow]] = {}
         with _storage("read vault work"):
             for entity in table.list_entities():
-                queued = entity.get("QueuedAt")
                 row = WorkRow(
                     entity["PartitionKey"],
                     str(entity["Name"]),
                     str(entity.metadata["etag"]),
-                    _as_utc(queued) if queued else None,
+                    parse_timestamp(entity.get("QueuedAt")),
                 )
                 work.setdefault(row.vault, []).append(row)
         return work
@@ -687,20 +678,24 @@ def _pending_entity(key: LeaseKey, observation: Observation) -> dict[str, Any]:
 
 
 def _observation_from(entity: Mapping[str, Any]) -> Observation:
-    expires = entity.get("Expires") or ""
     state = SecretState(
         name=str(entity["Name"]),
         exists=bool(entity.get("Exists")),
         enabled=bool(entity.get("Enabled")),
         content_type=entity.get("ContentType") or None,
-        expires=datetime.fromisoformat(expires) if expires else None,
+        expires=parse_timestamp(entity.get("Expires")),
         tags=json.loads(entity.get("Tags") or "{}"),
         managed=bool(entity.get("Managed")),
     )
     return Observation(state, int(entity.get("ObservedAt") or 0))
 
 
-def _as_utc(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return datetime.fromisoformat(str(value))
+def _expired(lease: Mapping[str, Any]) -> bool:
+    expires = parse_timestamp(lease.get("ExpiresAt"))
+    return expires is None or expires <= datetime.now(UTC)
+
+
+def _in_batches(table: TableClient, operations: Sequence[Any]) -> None:
+    """Submit operations on one partition as transactions of at most 100 (Table storage's limit)."""
+    for start in range(0, len(operations), _BATCH):
+        table.submit_transaction(list(operations[start : start + _BATCH]))
