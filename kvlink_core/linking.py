@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .devops import KEY_VAULT_TYPE, VariableGroup
@@ -248,9 +248,8 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool, origin: str)
     devops = engine.devops
     project = devops.get_project(request.organization, request.project)
     if project is None:
-        raise RequestError(404, "ProjectNotFound", f"project {request.project!r} was not found", field="project")
+        raise _project_not_found(request)
     endpoint = _find_endpoint(engine, request)
-    started = time.time_ns()
     listing = engine.keyvault.list_secrets(request.vault)
     plan = plan_group({}, listing, request.policy, complete=True)
     if not plan.add:
@@ -261,17 +260,10 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool, origin: str)
             "does not accept a variable group without variables",
             field="include",
         )
-    link = Link(
-        request.organization,
-        str(project.get("name") or request.project),
-        0,
-        request.group,
-        request.vault.lower(),
-        request.policy,
-    )
+    reference = {"id": str(project["id"]), "name": str(project.get("name") or request.project)}
+    link = Link(request.organization, reference["name"], 0, request.group, request.vault.lower(), request.policy)
     if dry_run:
         return LinkResult(link, plan, applied=False, would_create=True, changed=True)
-    reference = {"id": str(project["id"]), "name": str(project.get("name") or request.project)}
     body = {
         "name": request.group,
         "description": f"Secrets of Key Vault {request.vault}, kept in step by kvlink",
@@ -291,24 +283,12 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool, origin: str)
                 field="group",
             ) from err
         raise
-    link = Link(
-        request.organization,
-        reference["name"],
-        created.id,
-        created.name or request.group,
-        request.vault.lower(),
-        request.policy,
-    )
+    link = replace(link, group_id=created.id, group_name=created.name or request.group)
     marker = write_marker(modified_on=created.modified_on, origin=origin, summary=f"created +{len(plan.add)}")
     engine.registry.save_link(link, previous=None, written=marker)  # a new group id has no link yet
     engine.notifier.group_updated(link, plan, origin=origin)
     logger.info(
-        "Created group %s (%s) with %d names from vault %s (listed at %d)",
-        link.group_name,
-        link.key,
-        len(plan.add),
-        link.vault,
-        started,
+        "Created group %s (%s) with %d names from vault %s", link.group_name, link.key, len(plan.add), link.vault
     )
     return LinkResult(link, plan, applied=True, created=True, changed=True)
 
@@ -383,9 +363,7 @@ def _find_group(engine: Engine, request: LinkRequest) -> VariableGroup | None:
         matches = [g for g in groups if g.name.lower() == request.group.lower()]
     except UpstreamError as err:
         if err.status == 404:
-            raise RequestError(
-                404, "ProjectNotFound", f"project {request.project!r} was not found", field="project"
-            ) from err
+            raise _project_not_found(request) from err
         raise
     return matches[0] if matches else None
 
@@ -418,6 +396,10 @@ def _find_endpoint(engine: Engine, request: LinkRequest) -> Mapping[str, Any]:
             field="serviceConnection",
         )
     return endpoint
+
+
+def _project_not_found(request: LinkRequest) -> RequestError:
+    return RequestError(404, "ProjectNotFound", f"project {request.project!r} was not found", field="project")
 
 
 def _bad(field: str, message: str) -> RequestError:

@@ -28,7 +28,7 @@ from .errors import (
 )
 from .events import SecretEvent, parse_event
 from .logs import parse_log_batch
-from .model import LeaseKey, Link, VaultKey
+from .model import LeaseKey, Link, SecretState, VaultKey
 from .names import check_secret
 from .notify import Notifier
 from .plan import Desired, Plan, apply_plan, desired, plan_group, removal_refusal
@@ -232,15 +232,7 @@ class Engine:
             return []
         states = self.keyvault.secret_states(vault, names, version_hints=version_hints)
         observations = [Observation(state) for state in states.values()]
-        now = datetime.now(UTC)
-        work = [
-            link
-            for link in links
-            if any(
-                desired(s, link.policy, prune_only=link.prune_only, now=now) is not Desired.KEEP
-                for s in states.values()
-            )
-        ]
+        work = _affected(links, states.values())
         skipped = [GroupOutcome(link, "unchanged") for link in links if link not in work]
         if len(work) > 1:
             return skipped + self._write_vault(vault, links, work, observations, origin=origin, path=path)
@@ -289,14 +281,8 @@ class Engine:
         )
 
     def _apply_vault(self, links: list[Link], round_: _Round, *, origin: str, path: str) -> list[GroupOutcome]:
-        now = datetime.now(UTC)
-        states = [obs.state for obs in round_.observations.values()]
-        links = [
-            link
-            for link in links
-            if any(desired(s, link.policy, prune_only=link.prune_only, now=now) is not Desired.KEEP for s in states)
-        ]
         observations = list(round_.observations.values())
+        links = _affected(links, [obs.state for obs in observations])
         return self.for_each(links, lambda link: self.write_group(link, observations, origin=path), origin=origin)
 
     def _links(self, vault: str) -> list[Link]:
@@ -560,3 +546,14 @@ class Engine:
             if listed is not None and (marker is None or marker <= listed):
                 return known
         return self.devops.get_group(link.organization, link.project, link.group_id)
+
+
+def _affected(links: list[Link], states: Iterable[SecretState]) -> list[Link]:
+    """The links whose group these secrets could change: any decision other than "leave it"."""
+    now = datetime.now(UTC)
+    states = list(states)
+    return [
+        link
+        for link in links
+        if any(desired(s, link.policy, prune_only=link.prune_only, now=now) is not Desired.KEEP for s in states)
+    ]
