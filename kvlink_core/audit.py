@@ -154,15 +154,7 @@ def group_findings(
         notable = notable_secrets(listing, now=now, warning_days=warning_days)
 
     def finding(severity: Severity, kind: str, message: str, secret: str | None) -> None:
-        findings.append(
-            Finding.about(
-                link,
-                severity,
-                kind,
-                message,
-                secret,
-            )
-        )
+        findings.append(Finding.about(link, severity, kind, message, secret))
 
     soon = now + timedelta(days=warning_days)
     for name in sorted(group.variables, key=str.lower):
@@ -195,12 +187,7 @@ def group_findings(
             )
         else:
             if secret.managed:
-                finding(
-                    "warning",
-                    "unmappable",
-                    f"{name} backs a certificate; Azure DevOps maps secrets only",
-                    name,
-                )
+                finding("warning", "unmappable", f"{name} backs a certificate; Azure DevOps maps secrets only", name)
             if secret.expires is not None and secret.expires <= now:
                 finding(
                     "warning",
@@ -211,12 +198,8 @@ def group_findings(
             elif secret.expires is not None and secret.expires <= soon:
                 finding("info", "secret-expiring", f"{name} expires on {secret.expires:%Y-%m-%d}", name)
     for secret in plan.add:
-        finding(
-            "warning",
-            "secret-missing",
-            f"{secret.name} matches the link's policy but is not in the group",
-            secret.name,
-        )
+        message = f"{secret.name} matches the link's policy but is not in the group"
+        finding("warning", "secret-missing", message, secret.name)
     return findings
 
 
@@ -446,12 +429,7 @@ class _Run:
         except KvLinkError as err:
             self.add(
                 *findings,
-                Finding.about(
-                    link,
-                    "error",
-                    "write-failed",
-                    f"could not update the group: {err}",
-                ),
+                Finding.about(link, "error", "write-failed", f"could not update the group: {err}"),
             )
             self.record(link, group.variables, "failed")
             return
@@ -482,14 +460,7 @@ class _Run:
                 )
             )
         elif outcome.status in ("group-missing", "not-key-vault", "vault-changed"):
-            findings.append(
-                Finding.about(
-                    link,
-                    "error",
-                    "group-changed",
-                    outcome.message or outcome.status,
-                )
-            )
+            findings.append(Finding.about(link, "error", "group-changed", outcome.message or outcome.status))
         self.add(*findings)
 
     def check_unlisted(
@@ -530,12 +501,7 @@ class _Run:
             return
         if group is None:
             self.add(
-                Finding.about(
-                    link,
-                    "error",
-                    "link-target-missing",
-                    f"linked group {link.group_name} no longer exists",
-                )
+                Finding.about(link, "error", "link-target-missing", f"linked group {link.group_name} no longer exists")
             )
             return
         self.listing(link.vault)
@@ -578,6 +544,13 @@ class _Run:
         notable = notable_secrets(states, now=self.now, warning_days=self.settings.expiry_warning_days)
         return _Listing(states, started, notable)
 
+    def listed_at(self, vault: str) -> int | None:
+        """When this run's successful listing of the vault began (ns), or None if it has none."""
+        future = self.listings.get(vault)
+        if future is None or not future.done() or future.exception() is not None:
+            return None
+        return future.result().started
+
     def decisions(self, listing: _Listing, link: Link) -> Decisions:
         """One set of decisions per vault and policy, however many groups share them."""
         key = (link.policy, link.prune_only)
@@ -604,10 +577,9 @@ class _Run:
         if self.dry_run:
             return
         for vault, rows in self.engine.registry.vault_work().items():
-            future = self.listings.get(vault)
-            if future is None or not future.done() or future.exception() is not None:
+            cutoff = self.listed_at(vault)
+            if cutoff is None:
                 continue
-            cutoff = future.result().started
             done = [row for row in rows if row.queued_at is not None and row.queued_at.timestamp() * 1e9 < cutoff]
             self.engine.registry.remove_vault_work(done)
 
@@ -618,10 +590,9 @@ class _Run:
             return
         for key, rows in self.engine.registry.all_pending().items():
             vault = key.vault if isinstance(key, VaultKey) else getattr(links.get(key), "vault", None)
-            future = self.listings.get(vault or "")
-            if future is None or not future.done() or future.exception() is not None:
+            started = self.listed_at(vault or "")
+            if started is None:
                 continue
-            started = future.result().started
             stale = [row for row in rows if row.observation.at < started]
             if stale:
                 logger.info("Audit dropped %d queued observations of %s older than its listing", len(stale), key)
