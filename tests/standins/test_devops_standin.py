@@ -31,11 +31,6 @@ _org_numbers = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> ThrowawayCA:
-    return ThrowawayCA(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
 def server(ca: ThrowawayCA) -> Iterator[DevOpsStandIn]:
     # One server per module: stopping one waits for serve_forever's poll, which adds up.
     with DevOpsStandIn(ssl_context=ca.server_context()) as devops:

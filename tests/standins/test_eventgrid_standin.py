@@ -31,11 +31,6 @@ SOURCE = "/subscriptions/00000000-0000-0000-0000-00000000c0de/resourceGroups/rg-
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> ThrowawayCA:
-    return ThrowawayCA(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
 def topic(ca: ThrowawayCA) -> Iterator[EventGridTopicStandIn]:
     with EventGridTopicStandIn(ssl_context=ca.server_context(), key=KEY) as server:
         yield server

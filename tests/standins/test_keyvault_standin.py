@@ -23,11 +23,6 @@ from standins.tls import ThrowawayCA
 ClientFactory = Callable[..., SecretClient]
 
 
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> ThrowawayCA:
-    return ThrowawayCA(tmp_path_factory.mktemp("ca"))
-
-
 def _factory(kv: KeyVaultStandIn, ca: ThrowawayCA) -> ClientFactory:
     def make(vault: str, *, token: str = DEFAULT_TOKEN, **kwargs: Any) -> SecretClient:
         options: dict[str, Any] = {"retry_backoff_factor": 0.01, "retry_backoff_max": 0.05}
