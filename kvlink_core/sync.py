@@ -297,19 +297,24 @@ class Engine:
         """Run ``job`` per group, a few at a time. One group's failure does not stop the others;
         it is re-raised afterwards, or (``collect_failures``) reported as that group's outcome
         unless every group failed."""
-        if not links:
-            return []
         outcomes: list[GroupOutcome] = []
         failures: list[KvLinkError] = []
-        with ThreadPoolExecutor(max_workers=min(self.group_concurrency, len(links))) as pool:
-            futures = [(link, pool.submit(job, link)) for link in links]
-            for link, future in futures:
-                try:
-                    outcomes.append(future.result())
-                except KvLinkError as err:
-                    logger.warning("%s: group %s (%s) failed: %s", origin, link.group_name, link.key, err)
-                    failures.append(err)
-                    outcomes.append(GroupOutcome(link, "failed", message=str(err)))
+
+        def settle(link: Link, run: Callable[[], GroupOutcome]) -> None:
+            try:
+                outcomes.append(run())
+            except KvLinkError as err:
+                logger.warning("%s: group %s (%s) failed: %s", origin, link.group_name, link.key, err)
+                failures.append(err)
+                outcomes.append(GroupOutcome(link, "failed", message=str(err)))
+
+        if len(links) == 1:  # the usual event: no thread pool for one group
+            settle(links[0], lambda: job(links[0]))
+        elif links:
+            with ThreadPoolExecutor(max_workers=min(self.group_concurrency, len(links))) as pool:
+                futures = [(link, pool.submit(job, link)) for link in links]
+                for link, future in futures:
+                    settle(link, future.result)
         if failures and (not collect_failures or len(failures) == len(links)):
             raise failures[0]
         return outcomes
