@@ -204,6 +204,16 @@ def estate(
 
 
 @pytest.fixture
+def app_engine(estate: Estate, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """The function app and the CLI wired to the estate: its settings in the environment, its engine."""
+    for key, value in estate.env.items():
+        monkeypatch.setenv(key, value)
+    engine = estate.engine()
+    monkeypatch.setattr(kvlink_app, "get_engine", lambda: engine)
+    return engine
+
+
+@pytest.fixture
 def fast_retries() -> Iterator[None]:
     """stamina's test mode: DevOps retries happen without waiting."""
     stamina.set_testing(True, attempts=4)

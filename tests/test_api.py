@@ -38,13 +38,9 @@ def call(fn, req: func.HttpRequest) -> tuple[int, dict | None, func.HttpResponse
 
 
 @pytest.fixture
-def api(estate, monkeypatch):
+def api(app_engine):
     """The routes use the estate's engine (retries tuned for tests) and its settings."""
-    for key, value in estate.env.items():
-        monkeypatch.setenv(key, value)
-    engine = estate.engine()
-    monkeypatch.setattr(kvlink_app, "get_engine", lambda: engine)
-    return engine
+    return app_engine
 
 
 def link_body(estate, **overrides) -> dict:

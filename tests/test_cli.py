@@ -14,12 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def cli(estate, monkeypatch):
-    for key, value in estate.env.items():
-        monkeypatch.setenv(key, value)
-    engine = estate.engine()
-    monkeypatch.setattr(kvlink_app, "get_engine", lambda: engine)
-
+def cli(app_engine):
     def run(*argv: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
         code = main(list(argv), out=out, err=err)

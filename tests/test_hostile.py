@@ -8,7 +8,6 @@ import azure.functions as func
 import pytest
 
 import function_app
-from kvlink_core import app as kvlink_app
 from standins.events import as_trigger_input, secret_event, vault_resource_id
 from standins.logs import audit_record
 
@@ -18,12 +17,9 @@ LOOKALIKE = "kv-t\u0435st"  # the "e" is Cyrillic
 
 
 @pytest.fixture
-def armed(estate, monkeypatch):
+def armed(estate, app_engine):
     """A linked group on the estate's vault, the function app wired to the estate, every writer watched."""
-    for key, value in estate.env.items():
-        monkeypatch.setenv(key, value)
-    engine = estate.engine()
-    monkeypatch.setattr(kvlink_app, "get_engine", lambda: engine)
+    engine = app_engine
     estate.kv.set_secret(estate.vault, "db-password")
     group = estate.group("payments-kv", ["db-password"])
     estate.link(engine, group)

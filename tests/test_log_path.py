@@ -28,12 +28,9 @@ def hub_events(bodies: list[bytes]) -> list[func.EventHubEvent]:
 
 
 @pytest.fixture
-def deliver(estate, monkeypatch):
+def deliver(estate, app_engine):
     """Ship the vault's audit log (or given records) through on_vault_log, as Event Hubs would."""
-    for key, value in estate.env.items():
-        monkeypatch.setenv(key, value)
-    engine = estate.engine()
-    monkeypatch.setattr(kvlink_app, "get_engine", lambda: engine)
+    engine = app_engine
 
     def run(records: list[dict] | None = None, *, per_message: int = 10) -> None:
         shipped = estate.kv.drain_audit_log() if records is None else records

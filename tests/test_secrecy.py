@@ -26,13 +26,10 @@ def forbidden(estate) -> list[str]:
     return [pat, base64.b64encode(f":{pat}".encode()).decode(), EMULATOR_TOKEN, "Bearer ey", "Basic Ok"]
 
 
-def test_every_path_keeps_credentials_out_of_logs_and_bodies(estate, monkeypatch, caplog):
+def test_every_path_keeps_credentials_out_of_logs_and_bodies(estate, app_engine, monkeypatch, caplog):
     """Events, logs, links, syncs, the audit, the CLI and failures, all at DEBUG: no credential anywhere."""
     caplog.set_level(logging.DEBUG)  # the SDKs' HTTP logging included
-    for key, value in estate.env.items():
-        monkeypatch.setenv(key, value)
-    engine = estate.engine()
-    monkeypatch.setattr(kvlink_app, "get_engine", lambda: engine)
+    engine = app_engine
     bodies: list[str] = []
 
     def call(fn, method, route, payload=None):
