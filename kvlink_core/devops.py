@@ -183,12 +183,16 @@ class DevOps:
     def list_groups(
         self, organization: str, project: str, *, name: str | None = None, page_size: int = 100
     ) -> Iterator[VariableGroup]:
-        """Every group of a project, page by page (ids ascending)."""
+        """Every group of a project, page by page (ids ascending).
+
+        Whether Azure DevOps sends ``X-MS-ContinuationToken`` for this list is undocumented, and
+        so is whether the integer ``continuationToken`` is inclusive; see :meth:`_group_pages`.
+        """
         url = f"{self._project_url(organization, project)}/_apis/distributedtask/variablegroups"
         params: dict[str, Any] = {"queryOrder": "IdAscending", "$top": page_size}
         if name:
             params["groupName"] = name
-        return (VariableGroup(v) for v in self._pages(url, organization, params))
+        return (VariableGroup(v) for v in self._group_pages(url, organization, params, page_size))
 
     def update_group(self, organization: str, group: VariableGroup, variables: Mapping[str, Any]) -> VariableGroup:
         """Replace the group's variables; every other field is sent back as it was read."""
@@ -249,6 +253,31 @@ class DevOps:
             yield from values
             token = response.headers.get("x-ms-continuationtoken")
             if not token or not values:
+                return
+            params = {**params, "continuationToken": token}
+
+    def _group_pages(
+        self, url: str, organization: str, params: dict[str, Any], page_size: int
+    ) -> Iterator[dict[str, Any]]:
+        """Variable groups page by page: the header's token when sent, else after the page's last id.
+
+        The spec's ``continuationToken`` is an integer, "Gets the variable groups after the
+        continuation token provided" -- whether "after" includes that id is not stated, and the
+        header may not come at all. Continuing from the last id and dropping ids already seen is
+        right either way; a page that brings nothing new ends the listing, so it cannot loop.
+        """
+        seen: set[int] = set()
+        while True:
+            response = self._send("GET", url, organization=organization, params=params)
+            assert response is not None  # only 404 with missing_ok answers None
+            values = _json(response, organization).get("value") or []
+            fresh = [v for v in values if int(v["id"]) not in seen]
+            seen.update(int(v["id"]) for v in fresh)
+            yield from fresh
+            token = response.headers.get("x-ms-continuationtoken")
+            if not token and len(values) >= page_size > 0:
+                token = str(values[-1]["id"])  # a full page without a header: there may be more
+            if not token or not fresh:
                 return
             params = {**params, "continuationToken": token}
 

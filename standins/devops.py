@@ -234,8 +234,20 @@ class DevOpsStandIn(StandInServer):
         anything else is a 400. Stricter than the Server code (no such check found): it
         catches a client that would ship secret values to Azure DevOps.
 
-    Other choices, fixed: the list's continuation token is the id of the first group of the
-    next page, inclusive, in either order (as the Server controller computes it); a PUT may
+    ``send_continuation_header`` (True)
+        A cut variable-group list answers ``X-MS-ContinuationToken``. Whether Azure DevOps
+        Services sends it for this resource is undocumented (azure-facts 3.4a); set False
+        to get full pages without it, so a client must page by the last id it saw.
+    ``continuation_inclusive`` (True)
+        The list's ``continuationToken`` means "this id and after" (as the Server controller
+        computes it, the header naming the first group of the next page). The spec says only
+        "Gets the variable groups after the continuation token provided"; set False for
+        "strictly after", the header then naming the last group of this page.
+
+    Fault ``applied=True`` (see :class:`~standins._http.Fault`) carries a request out and then
+    answers the fault: a POST that created the group but whose answer was a 503 or a reset.
+
+    Other choices, fixed: a PUT may
     keep or drop project references but not add one (400 "Variable group is not part of
     project"), and dropping one unshares the group (unverified on Services, where shared
     groups cannot be made); DELETE answers a bodiless 204 (live reports; the spec says 200);
@@ -262,6 +274,8 @@ class DevOpsStandIn(StandInServer):
         self.require_api_version_on_get = True
         self.sharing_allowed = True
         self.strict_key_vault_variables = True
+        self.send_continuation_header = True
+        self.continuation_inclusive = True
         self._state_lock = threading.RLock()
         self._orgs: dict[str, _Org] = {}
         self._last_stamp = datetime.min.replace(tzinfo=UTC)
@@ -767,12 +781,16 @@ class DevOpsStandIn(StandInServer):
                 pattern = _wildcard(query["groupName"])
                 groups = [g for g in groups if pattern.fullmatch(g["name"])]
             if query.get("continuationToken"):
-                # The token is the id of the first group of the page to return (inclusive).
                 token = _parse_int(query["continuationToken"], "continuationToken")
+                if not self.continuation_inclusive:
+                    token += 1 if not descending else -1  # "strictly after" the token's id
                 groups = [g for g in groups if (g["id"] <= token if descending else g["id"] >= token)]
             headers: dict[str, str] = {}
             if 0 <= top < len(groups):
-                headers["X-MS-ContinuationToken"] = str(groups[top]["id"])
+                if self.send_continuation_header:
+                    # Inclusive: the first group of the next page; exclusive: the last of this one.
+                    follow = groups[top] if self.continuation_inclusive or top == 0 else groups[top - 1]
+                    headers["X-MS-ContinuationToken"] = str(follow["id"])
                 groups = groups[:top]
             page = copy.deepcopy(groups)
         return Response(200, {"count": len(page), "value": page}, headers)
