@@ -201,10 +201,68 @@ class DevOps:
         return VariableGroup(body or {})
 
     def create_group(self, organization: str, parameters: Mapping[str, Any]) -> VariableGroup:
+        """POST a new group; a create that may have happened is looked up before it is retried.
+
+        A 429/5xx/timeout can come after Azure DevOps stored the group, and a blind retry then
+        meets "group exists" (names are unique). So after such an answer the group is looked up
+        by name: if it is there and is the group asked for, it is the result; if not, the POST is
+        retried. A duplicate name on the first try is someone else's group and stays an error.
+        """
         url = f"{self._org_url(organization)}/_apis/distributedtask/variablegroups"
-        # A retried POST could create the group twice, so only retry what never reached the service.
-        body = self._request("POST", url, organization=organization, json=dict(parameters), idempotent=False)
-        return VariableGroup(body or {})
+        body = dict(parameters)
+        if _lookup_project(body) is None:
+            # Nowhere to look the group up: send it once, never twice.
+            return VariableGroup(
+                self._request("POST", url, organization=organization, json=body, idempotent=False) or {}
+            )
+        uncertain = False  # True once a POST may have been applied without us seeing the answer
+        for attempt in stamina.retry_context(
+            on=self._create_backoff,
+            attempts=self._attempts,
+            timeout=self._retry_timeout,
+            wait_initial=self._wait_initial,
+            wait_max=self._wait_max,
+        ):
+            with attempt:
+                try:
+                    created = self._request("POST", url, organization=organization, json=body, idempotent=False)
+                except TransientError:
+                    uncertain = True
+                    found = self._created_meanwhile(organization, body)
+                    if found is None:
+                        raise  # not there: stamina retries the POST
+                    return found
+                except UpstreamError as err:
+                    # On a retry, "exists" may be our own earlier POST that the lookup missed.
+                    found = self._created_meanwhile(organization, body) if uncertain and err.status == 409 else None
+                    if found is None:
+                        raise
+                    return found
+                return VariableGroup(created or {})
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _created_meanwhile(self, organization: str, body: Mapping[str, Any]) -> VariableGroup | None:
+        """The group a POST of ``body`` would have made, if it exists: same name, Key Vault type, vault."""
+        name = str(body.get("name") or "")
+        project_key = _lookup_project(body)
+        if not name or project_key is None:
+            return None
+        wanted = (
+            name.lower(),
+            str(body.get("type") or "").lower(),
+            str((body.get("providerData") or {}).get("vault") or "").lower(),
+        )
+        for group in self.list_groups(organization, project_key, name=name):
+            if (group.name.lower(), group.type.lower(), (group.vault or "").lower()) == wanted:
+                logger.warning(
+                    "Create of group %r in %s was answered with an error, but the group exists (id %s): "
+                    "taking it as created",
+                    name,
+                    organization,
+                    group.id,
+                )
+                return group
+        return None
 
     # -- projects and service connections ------------------------------------------------
     def list_projects(self, organization: str, *, page_size: int = 100) -> Iterator[dict[str, Any]]:
@@ -331,6 +389,8 @@ class DevOps:
     def _backoff_hook(self, idempotent: bool) -> Any:
         def hook(exc: Exception) -> bool | float:
             if isinstance(exc, _RetryableStatusError):
+                if not idempotent:
+                    return False  # the service may have applied it: the caller looks before retrying
                 if exc.retry_after is None:
                     return True
                 # A long Retry-After is the caller's to honour (Event Grid redelivers later).
@@ -341,6 +401,14 @@ class DevOps:
             return False
 
         return hook
+
+    def _create_backoff(self, exc: Exception) -> bool | float:
+        """When :meth:`create_group` retries a POST it has looked up: as a transient error says."""
+        if not isinstance(exc, TransientError):
+            return False
+        if exc.retry_after is None:
+            return True
+        return exc.retry_after if exc.retry_after <= self._max_retry_after else False
 
     def _respect_pause(self) -> None:
         delay = self._pause_until - time.monotonic()
@@ -377,6 +445,15 @@ class DevOps:
                 "Administrator role on the project's Library (or on the variable group)",
             )
         raise UpstreamError("devops", status, f"Azure DevOps ({organization}) answered HTTP {status}: {message}")
+
+
+def _lookup_project(body: Mapping[str, Any]) -> str | None:
+    """The project (id, else name) through which a group being created can be looked up."""
+    refs = body.get("variableGroupProjectReferences") or []
+    first = refs[0] if refs and isinstance(refs[0], Mapping) else {}
+    project = first.get("projectReference") or {}
+    key = project.get("id") or project.get("name") if isinstance(project, Mapping) else None
+    return str(key) if key and body.get("name") else None
 
 
 def _json(response: httpx.Response, organization: str, *, allow_null: bool = False) -> dict[str, Any]:

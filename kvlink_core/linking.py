@@ -273,9 +273,10 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool, origin: str)
         "variableGroupProjectReferences": [{"name": request.group, "description": "", "projectReference": reference}],
     }
     try:
+        # A create whose answer was lost comes back as the group found by name, so the link is saved.
         created = devops.create_group(request.organization, body)
     except UpstreamError as err:
-        if err.status == 409:
+        if err.status == 409:  # someone else's group of that name appeared since _find_group
             raise RequestError(
                 409,
                 "GroupExists",

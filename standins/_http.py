@@ -7,6 +7,7 @@ tests can drive the real client libraries through the failures Azure produces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -48,6 +49,7 @@ class Fault:
     delay: float = 0.0  # seconds before answering (or before the reset)
     reset: bool = False  # close the connection without an answer
     passthrough: bool = False  # only delay, then answer the request normally
+    applied: bool = False  # carry the request out, then answer with the fault (or reset): a lost answer
     body: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
 
@@ -244,6 +246,9 @@ class StandInServer:
                 fault = Fault(status=429, retry_after=self._rate_retry_after)
             if fault is not None and fault.delay:
                 time.sleep(fault.delay)
+            if fault is not None and fault.applied:
+                with contextlib.suppress(_Abort):
+                    self.handle(request)  # its effects stay; its answer is lost
             if fault is not None and fault.reset:
                 self._record(request, 0, started, auth)
                 _reset(handler)
