@@ -8,7 +8,7 @@ import pytest
 
 from kvlink_core.credentials import StaticTokenCredential
 from kvlink_core.errors import TransientError, UpstreamError
-from kvlink_core.keyvault import KeyVault
+from kvlink_core.keyvault import KeyVault, _origin
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +91,38 @@ class TestOneSecret:
         assert sum(s.exists for s in states.values()) == 10
         assert states["absent"].exists is False
         assert estate.kv.count("GET", "/versions") == 0
+
+
+class TestNextLinkOrigin:
+    """The token follows a nextLink only to the vault itself; default ports are the same origin."""
+
+    @pytest.mark.parametrize(
+        ("vault_url", "next_link"),
+        [
+            ("https://myvault.vault.azure.net", "https://myvault.vault.azure.net:443/secrets?$skiptoken=x"),
+            ("https://myvault.vault.azure.net:443", "https://myvault.vault.azure.net/secrets?$skiptoken=x"),
+            ("https://MyVault.Vault.Azure.NET", "HTTPS://myvault.vault.azure.net:443/secrets"),
+            ("http://127.0.0.1", "http://127.0.0.1:80/kv/secrets"),
+            ("https://127.0.0.1:8443/kv", "https://127.0.0.1:8443/kv/secrets?$skiptoken=x"),
+        ],
+    )
+    def test_same_vault(self, vault_url, next_link):
+        assert _origin(next_link) == _origin(vault_url)
+
+    @pytest.mark.parametrize(
+        "next_link",
+        [
+            "https://othervault.vault.azure.net:443/secrets",  # another host
+            "http://myvault.vault.azure.net:443/secrets",  # another scheme
+            "http://myvault.vault.azure.net/secrets",  # another scheme, default ports
+            "https://myvault.vault.azure.net:8443/secrets",  # another port
+            "https://myvault.vault.azure.net:80/secrets",  # http's default port, on https
+            "https://myvault.vault.azure.net:x/secrets",  # no port at all
+            "/secrets?$skiptoken=x",  # no origin
+        ],
+    )
+    def test_foreign(self, next_link):
+        assert _origin(next_link) != _origin("https://myvault.vault.azure.net")
 
 
 def test_official_list_example_parses(estate, reader):
