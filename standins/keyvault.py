@@ -8,7 +8,7 @@ recorded in :attr:`KeyVaultStandIn.value_requests`, because kvlink must never
 read a value.
 
 One stand-in hosts many vaults on one port. The vault name is the first path
-segment, so the vault URL of vault ``v`` is ``{base_url}/v``.
+segment, so the vault URL of vault ``v`` is ``{public_url}/v`` (``base_url`` without a default port).
 
 Quirk, kept on purpose: the SDK parses every ``id`` it receives and rejects ids
 whose path has more than three segments, so ids cannot carry the ``/v`` prefix.
