@@ -20,6 +20,7 @@ from .tls import azure_transport_options, shared_session
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
+    from azure.core.pipeline.transport import HttpTransport
     from azure.keyvault.secrets import SecretClient
 
     from .settings import Settings
@@ -40,8 +41,12 @@ class KeyVault:
         retry_backoff_factor: float = 0.8,
         timeout: float = 20.0,
         client_options: Mapping[str, Any] | None = None,
+        transport_factory: Callable[[], HttpTransport[Any, Any]] | None = None,
     ) -> None:
+        """``transport_factory`` builds each vault client's transport (replay tests); by default
+        a RequestsTransport over the shared, pre-trusted session."""
         self._settings = settings
+        self._transport_factory = transport_factory
         self._credential = credential
         transport_options = azure_transport_options(settings.ca_bundle)
         self._session = shared_session(
@@ -155,7 +160,11 @@ class KeyVault:
                 from azure.core.pipeline.transport import RequestsTransport
                 from azure.keyvault.secrets import SecretClient
 
-                transport = RequestsTransport(session=self._session, session_owner=False)
+                transport = (
+                    self._transport_factory()
+                    if self._transport_factory is not None
+                    else RequestsTransport(session=self._session, session_owner=False)
+                )
                 client = SecretClient(
                     self._settings.vault_url(key), self._credential, transport=transport, **self._client_options
                 )
@@ -175,9 +184,22 @@ class _UnexpectedError(Exception):
         self.response = response
 
 
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port, with the default port made explicit.
+
+    Key Vault writes nextLink as ``https://{vault}.vault.azure.net:443/...`` while vault URLs
+    carry no port: both name the same origin.
+    """
     parts = urlsplit(url)
-    return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a port that is no number: no origin kvlink would send a token to
+        return ("", "", None)
+    return (scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme))
 
 
 def _state(item: Mapping[str, Any], *, versioned: bool, name: str | None = None) -> SecretState:

@@ -8,7 +8,7 @@ recorded in :attr:`KeyVaultStandIn.value_requests`, because kvlink must never
 read a value.
 
 One stand-in hosts many vaults on one port. The vault name is the first path
-segment, so the vault URL of vault ``v`` is ``{base_url}/v``.
+segment, so the vault URL of vault ``v`` is ``{public_url}/v`` (``base_url`` without a default port).
 
 Quirk, kept on purpose: the SDK parses every ``id`` it receives and rejects ids
 whose path has more than three segments, so ids cannot carry the ``/v`` prefix.
@@ -18,7 +18,9 @@ They are returned exactly as real Azure writes them --
 ``SecretProperties.vault_url`` is therefore the real-looking
 ``https://v.vault.azure.net``. ``nextLink`` on the other hand points back at the
 stand-in (``{base_url}/v/secrets?api-version=...&$skiptoken=...&maxresults=...``),
-because the SDK follows it verbatim.
+because the SDK follows it verbatim. Like Key Vault's, it always carries an explicit
+port -- ``:443`` too -- while :meth:`KeyVaultStandIn.vault_url` leaves a default port
+out, as vault URLs do; a stand-in bound to port 443 therefore speaks Azure's exact form.
 
 Secrets are seeded with :meth:`KeyVaultStandIn.set_secret` and friends; the
 REST write operations (set, update, delete, recover, purge, backup, restore)
@@ -196,14 +198,21 @@ class KeyVaultStandIn(StandInServer):
         return self.start()
 
     # -- addresses -------------------------------------------------------------------
+    @property
+    def public_url(self) -> str:
+        """The stand-in's address as vault URLs write it: without the port when it is the default."""
+        scheme, _, rest = self.base_url.partition("://")
+        default = ":443" if scheme == "https" else ":80"
+        return f"{scheme}://{rest.removesuffix(default)}"
+
     def vault_url(self, vault: str) -> str:
         """The URL to give ``SecretClient`` for ``vault``."""
-        return f"{self.base_url}/{vault.lower()}"
+        return f"{self.public_url}/{vault.lower()}"
 
     @property
     def vault_url_template(self) -> str:
-        """``{base_url}/{vault}``, for configuration that formats vault URLs itself."""
-        return f"{self.base_url}/{{vault}}"
+        """``{public_url}/{vault}``, for configuration that formats vault URLs itself."""
+        return f"{self.public_url}/{{vault}}"
 
     # -- seeding and mutation --------------------------------------------------------
     def create_vault(self, vault: str) -> None:
@@ -638,10 +647,10 @@ class KeyVaultStandIn(StandInServer):
         page, more = remaining[:size], len(remaining) > size
         next_link = None
         if more:
-            # Echo the host the client used, as Key Vault echoes its own name.
-            host = request.headers.get("Host") or self.base_url.split("://", 1)[1]
+            # The stand-in's own address with an explicit port, as Key Vault writes
+            # https://{vault}.vault.azure.net:443/...; never the client's Host header.
             next_link = (
-                f"https://{host}{path}?api-version={api_version}"
+                f"{self.base_url}{path}?api-version={api_version}"
                 f"&$skiptoken={_encode_skiptoken(page[-1][0])}&maxresults={size}"
             )
         return Response(200, {"value": [item for _, item in page], "nextLink": next_link})

@@ -14,7 +14,7 @@ import trustme
 
 
 class ThrowawayCA:
-    """One CA per run; a server certificate for loopback names."""
+    """One CA per run; a server certificate for loopback names (and any other address asked for)."""
 
     def __init__(self, directory: Path) -> None:
         self._ca = trustme.CA(organization_name="kvlink stand-ins")
@@ -23,7 +23,9 @@ class ThrowawayCA:
         self.bundle_path = directory / "kvlink-standins-ca.pem"
         self._ca.cert_pem.write_to_path(str(self.bundle_path))
 
-    def server_context(self) -> ssl.SSLContext:
+    def server_context(self, *hosts: str) -> ssl.SSLContext:
+        """A server context; ``hosts`` (e.g. ``127.0.0.7``) get a certificate that names them too."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._server_cert.configure_cert(context)
+        cert = self._ca.issue_cert("127.0.0.1", "localhost", "::1", *hosts) if hosts else self._server_cert
+        cert.configure_cert(context)
         return context

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import logging
@@ -37,6 +38,31 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> ThrowawayCA:
 @pytest.fixture(scope="session")
 def vault_server(ca: ThrowawayCA) -> Iterator[KeyVaultStandIn]:
     server = KeyVaultStandIn(ssl_context=ca.server_context(), token=EMULATOR_TOKEN).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def vault_server_443(ca: ThrowawayCA) -> Iterator[KeyVaultStandIn]:
+    """The Key Vault stand-in on port 443, addressed like Azure: port-less vault URLs, ``:443`` nextLinks.
+
+    Test runs (and other checkouts) share this machine, so it takes the first loopback address in
+    127.0.0.2-250 whose port 443 is free; the throwaway CA certifies that address.
+    """
+    server = None
+    for last in range(2, 251):
+        host = f"127.0.0.{last}"
+        candidate = KeyVaultStandIn(ssl_context=ca.server_context(host), token=EMULATOR_TOKEN, host=host, port=443)
+        try:
+            server = candidate.start()
+            break
+        except PermissionError as err:
+            pytest.skip(f"binding port 443 needs root or CAP_NET_BIND_SERVICE (CI runs as root): {err}")
+        except OSError as err:
+            if err.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                raise
+    if server is None:
+        pytest.fail("port 443 is taken on every loopback address 127.0.0.2-250")
     yield server
     server.stop()
 

@@ -8,7 +8,8 @@ import pytest
 
 from kvlink_core.credentials import StaticTokenCredential
 from kvlink_core.errors import TransientError, UpstreamError
-from kvlink_core.keyvault import KeyVault
+from kvlink_core.keyvault import KeyVault, _origin
+from kvlink_core.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -93,16 +94,73 @@ class TestOneSecret:
         assert estate.kv.count("GET", "/versions") == 0
 
 
-def test_official_list_example_parses(estate, reader):
-    """The GetSecrets 7.5 example page (served verbatim, minus its external nextLink) reads as one secret."""
+class TestNextLinkOrigin:
+    """The token follows a nextLink only to the vault itself; default ports are the same origin."""
+
+    @pytest.mark.parametrize(
+        ("vault_url", "next_link"),
+        [
+            ("https://myvault.vault.azure.net", "https://myvault.vault.azure.net:443/secrets?$skiptoken=x"),
+            ("https://myvault.vault.azure.net:443", "https://myvault.vault.azure.net/secrets?$skiptoken=x"),
+            ("https://MyVault.Vault.Azure.NET", "HTTPS://myvault.vault.azure.net:443/secrets"),
+            ("http://127.0.0.1", "http://127.0.0.1:80/kv/secrets"),
+            ("https://127.0.0.1:8443/kv", "https://127.0.0.1:8443/kv/secrets?$skiptoken=x"),
+        ],
+    )
+    def test_same_vault(self, vault_url, next_link):
+        assert _origin(next_link) == _origin(vault_url)
+
+    @pytest.mark.parametrize(
+        "next_link",
+        [
+            "https://othervault.vault.azure.net:443/secrets",  # another host
+            "http://myvault.vault.azure.net:443/secrets",  # another scheme
+            "http://myvault.vault.azure.net/secrets",  # another scheme, default ports
+            "https://myvault.vault.azure.net:8443/secrets",  # another port
+            "https://myvault.vault.azure.net:80/secrets",  # http's default port, on https
+            "https://myvault.vault.azure.net:x/secrets",  # no port at all
+            "/secrets?$skiptoken=x",  # no origin
+        ],
+    )
+    def test_foreign(self, next_link):
+        assert _origin(next_link) != _origin("https://myvault.vault.azure.net")
+
+
+def test_official_list_example_is_followed_to_its_443_page():
+    """The GetSecrets 7.5 example, unmodified: its ``:443`` nextLink is requested verbatim, the listing is whole."""
     import json
     from pathlib import Path
 
+    from azure.keyvault.secrets._shared import http_challenge_cache
+    from kvreplay import RecordingCredential, ReplayTransport, recording
+
     example = json.loads((Path(__file__).parent / "payloads" / "keyvault-GetSecrets-example.7.5.json").read_text())
-    body = dict(example["responses"]["200"]["body"], nextLink=None)  # the example's nextLink points at Azure
-    reader.list_secrets(estate.vault)  # warm the 401 challenge first
-    estate.kv.inject(200, path=r"/secrets$", body=body)
-    states = reader.list_secrets(estate.vault)
-    assert list(states) == ["listsecrettest0"]
+    first = example["responses"]["200"]["body"]
+    challenge = recording("js-purge-all-secrets.json")[0]  # Key Vault's recorded 401 on GET /secrets
+    # The example documents one page; the page behind its nextLink is written here: a last page, no nextLink.
+    last = {
+        "value": [{"id": "https://myvault.vault.azure.net/secrets/listsecrettest1", "attributes": {"enabled": False}}]
+    }
+    entries = [
+        challenge,
+        {"RequestUri": "https://myvault.vault.azure.net/secrets", "RequestMethod": "GET", "StatusCode": 200,
+         "ResponseHeaders": {"Content-Type": "application/json; charset=utf-8"}, "ResponseBody": first},
+        {"RequestUri": first["nextLink"], "RequestMethod": "GET", "StatusCode": 200,
+         "ResponseHeaders": {"Content-Type": "application/json; charset=utf-8"}, "ResponseBody": last},
+    ]  # fmt: skip
+    transport = ReplayTransport(entries)
+    settings = Settings(devops_orgs=("contoso",), allowed_vaults=None)  # Azure's URLs, real challenge checks
+    kv = KeyVault(settings, RecordingCredential(), retry_total=0, transport_factory=lambda: transport)
+    http_challenge_cache.clear()
+    try:
+        states = kv.list_secrets("myvault")
+    finally:
+        http_challenge_cache.clear()
+
+    assert first["nextLink"].startswith("https://myvault.vault.azure.net:443/secrets?api-version=7.2&$skiptoken=")
+    assert [seen.url for seen in transport.seen][-1] == first["nextLink"]
+    assert transport.exhausted
+    assert list(states) == ["listsecrettest0", "listsecrettest1"]
     state = states["listsecrettest0"]
     assert (state.enabled, state.content_type, state.managed) == (True, "plainText", False)
+    assert states["listsecrettest1"].enabled is False
