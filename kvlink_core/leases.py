@@ -191,7 +191,15 @@ class Leases:
                 # the queue refills: in a burst, one write then carries many observations, not one each.
                 self.clock.sleep(window)
                 window = min(window * 2, self.max_batch_window)
-                holding.lease = self.registry.refresh(holding.lease)
+                try:
+                    holding.lease = self.registry.refresh(holding.lease)
+                except LeaseLostError:
+                    if result is None:
+                        raise
+                    # A long round outlived the lease and someone took it over. What this holder
+                    # wrote stands; the queue is the new holder's (a takeover reads it first).
+                    logger.warning("%s: the lease was taken over after this holder's writes", key)
+                    return result
         except BaseException:
             self.registry.release_quietly(holding.lease)
             raise

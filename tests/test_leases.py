@@ -197,3 +197,24 @@ class TestHandOff:
         run(leases, key, round_of("b"), apply, busy="queue")
 
         assert apply.rounds == [["a", "b"]]  # the first event's queued work, with the second's
+
+    def test_a_holder_whose_lease_is_taken_over_after_its_write_leaves_the_queue(self, estate, instances, fake_time):
+        """A round that outlived the lease (e.g. a vault's holder writing many groups) keeps its result;
+        what was queued meanwhile is the new holder's, not lost and not written twice."""
+        key = GroupKey(estate.org, 8)
+        other = instances()
+        taken = []
+
+        def long_round(holding: Holding) -> None:
+            other.add_pending(key, [Observation(SecretState("b"))])
+            assert other.poke(key)
+            fake_time.advance(LEASE + 1)
+            taken.append(other.try_acquire(key))
+
+        apply = Recorder(then=long_round)
+
+        assert run(Leases(instances()), key, round_of("a"), apply, busy="queue") == "round 1"
+
+        assert apply.rounds == [["a"]]
+        assert taken[0] is not None and taken[0].took_over
+        assert [row.observation.state.name for row in other.pending(key)] == ["b"]
