@@ -465,6 +465,8 @@ class _Run:
                     f"{outcome.message}; plan {json.dumps(plan.as_dict())}",
                 )
             )
+        elif outcome.status == "unchanged":  # brought in step by hand since the listing: no drift left
+            findings = [f for f in findings if f.kind not in _DRIFT]
         elif outcome.status == "vault-changed":  # re-pointed since the listing: its findings are moot
             message = f"{outcome.message}; kvlink leaves it alone until it is linked again"
             findings = [Finding.about(link, "error", "vault-changed", message)]

@@ -264,7 +264,8 @@ class TestHandEdits:
 
     def test_edits_made_after_the_listing_survive_the_write(self, estate, monkeypatch):
         """A person's edits between the listing and the write stay: description, shares, a hand-added name
-        (merge keeps it while its secret is live); a group re-pointed to another vault is left alone."""
+        (merge keeps it while its secret is live); a group re-pointed to another vault is left alone, and one
+        put right by hand is not written at all."""
         kv, ado = estate.kv, estate.ado
         for name in ("app-1", "app-2", "app-3", "hand-made"):
             kv.set_secret(estate.vault, name)
@@ -273,7 +274,8 @@ class TestHandEdits:
         # Both drifted: gone-1 is not in the vault, app-3 is missing.
         edited = estate.group("edited-kv", ["app-1", "app-2", "gone-1"])
         moved = estate.group("moved-kv", ["app-1", "app-2", "gone-1"])
-        for group in (edited, moved):
+        fixed = estate.group("fixed-kv", ["app-1", "app-2", "gone-1"])
+        for group in (edited, moved, fixed):
             estate.link(engine, group, Policy(include=("app-*",)))
         listed = engine.devops.list_groups
 
@@ -293,7 +295,12 @@ class TestHandEdits:
             ado.edit_group(estate.org, edited, by_hand)
             ado.share_group(estate.org, edited, "Shared")
             ado.edit_group(estate.org, moved, lambda g: g["providerData"].update(vault="kv-elsewhere"))
+            ado.edit_group(estate.org, fixed, put_right)
             return groups
+
+        def put_right(group: dict) -> None:
+            variables = group["variables"]
+            variables["app-3"] = variables.pop("gone-1")
 
         monkeypatch.setattr(engine.devops, "list_groups", list_then_edit)
         report = run_audit(engine, store=False)
@@ -311,6 +318,9 @@ class TestHandEdits:
         outcomes = {g["groupId"]: (g["outcome"], g["names"]) for g in report.groups}
         assert outcomes[edited] == ("applied", ["app-1", "app-2", "app-3", "hand-made"])
         assert outcomes[moved][0] == "vault-changed"
+        assert outcomes[fixed] == ("unchanged", ["app-1", "app-2", "app-3"])
+        assert ado.writes(estate.org, fixed) == []
+        assert [f.kind for f in report.findings if f.group_id == fixed] == []
 
 
 class TestCallCounts:
