@@ -3,7 +3,8 @@
 Events get lost, logs arrive late, people edit groups by hand; the audit is the
 level-triggered backstop. It lists each vault once (however many groups map it) and
 each project's variable groups once, plans every group from those listings, and writes
-only the groups that drifted -- under their leases, within the mass-removal guard.
+only the groups that drifted -- each re-read under its lease and planned again from that
+read (a person may have changed it since the listing), within the mass-removal guard.
 Key Vault listings and Azure DevOps calls run concurrently, each within its own bound
 (``KVLINK_VAULT_CONCURRENCY``, ``KVLINK_DEVOPS_CONCURRENCY``); one failing vault,
 project or organization never stops the rest -- the report says what was not reached.
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .errors import KvLinkError, UpstreamError
 from .model import GroupKey, Link, Policy, SecretState, VaultKey
 from .names import check_secret
-from .plan import Decisions, Plan, apply_plan, decide, plan_group
+from .plan import Decisions, Plan, decide, plan_group
 from .registry import Observation
 
 if TYPE_CHECKING:
@@ -423,8 +424,15 @@ class _Run:
             return
         observations = [Observation(state, at=listing.started) for state in listing.states.values()]
         try:
+            # The listing only says the group drifted. The write re-reads it under the lease and plans
+            # from that read: a PUT from the listing would revert whatever a person changed since.
             outcome = self.engine.write_group(
-                link, observations, complete=True, dry_run=self.dry_run, known=group, origin="audit"
+                link,
+                observations,
+                complete=True,
+                dry_run=self.dry_run,
+                known=group if self.dry_run else None,
+                origin="audit",
             )
         except KvLinkError as err:
             self.add(
@@ -434,9 +442,7 @@ class _Run:
             self.record(link, group.variables, "failed")
             return
         self.outcome(link, outcome, findings)
-        written = outcome.plan if outcome.status == "applied" else None
-        names = apply_plan(group.variables, written) if written is not None else group.variables
-        self.record(link, names, outcome.status)
+        self.record(link, group.variables if outcome.names is None else outcome.names, outcome.status)
 
     def outcome(self, link: Link, outcome: GroupOutcome, findings: list[Finding]) -> None:
         plan = outcome.plan or Plan()
@@ -459,8 +465,13 @@ class _Run:
                     f"{outcome.message}; plan {json.dumps(plan.as_dict())}",
                 )
             )
-        elif outcome.status in ("group-missing", "not-key-vault", "vault-changed"):
-            findings.append(Finding.about(link, "error", "group-changed", outcome.message or outcome.status))
+        elif outcome.status == "unchanged":  # brought in step by hand since the listing: no drift left
+            findings = [f for f in findings if f.kind not in _DRIFT]
+        elif outcome.status == "vault-changed":  # re-pointed since the listing: its findings are moot
+            message = f"{outcome.message}; kvlink leaves it alone until it is linked again"
+            findings = [Finding.about(link, "error", "vault-changed", message)]
+        elif outcome.status in ("group-missing", "not-key-vault"):
+            findings = [Finding.about(link, "error", "group-changed", outcome.message or outcome.status)]
         self.add(*findings)
 
     def check_unlisted(

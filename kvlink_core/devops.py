@@ -3,12 +3,15 @@
 Raw REST on purpose: the ``azure-devops`` SDK's models drop the Key Vault fields
 (``providerData.vault``, ``enabled``, ``contentType``, ``expires``). The group ``PUT``
 replaces the whole group and has no ETag, so :meth:`DevOps.update_group` always
-sends back every field it read; callers serialise writers with a lease.
+sends back every field it read; callers serialise writers with a lease, and give the
+calls made under it a ``budget``: every wait (a slot, a pause, a retry, the request
+itself) ends within it, or the call fails transiently without waiting further.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import threading
 import time
@@ -157,6 +160,7 @@ class DevOps:
         self._wait_initial = wait_initial
         self._wait_max = wait_max
         self._max_retry_after = max_retry_after
+        self._timeout = timeout
         self._pause_until = 0.0
         self._http = httpx.Client(
             auth=_Auth(settings.devops_pat, credential),
@@ -172,10 +176,12 @@ class DevOps:
         self._http.close()
 
     # -- variable groups -------------------------------------------------------------
-    def get_group(self, organization: str, project: str, group_id: int) -> VariableGroup | None:
+    def get_group(
+        self, organization: str, project: str, group_id: int, *, budget: float | None = None
+    ) -> VariableGroup | None:
         """One group, read through a project it is shared with; None when it is not there."""
         url = f"{self._project_url(organization, project)}/_apis/distributedtask/variablegroups/{int(group_id)}"
-        body = self._request("GET", url, organization=organization, missing_ok=True)
+        body = self._request("GET", url, organization=organization, missing_ok=True, budget=budget)
         if not body:  # Azure DevOps answers a group the project cannot see with 200 and `null`
             return None
         return VariableGroup(body)
@@ -194,10 +200,15 @@ class DevOps:
             params["groupName"] = name
         return (VariableGroup(v) for v in self._group_pages(url, organization, params, page_size))
 
-    def update_group(self, organization: str, group: VariableGroup, variables: Mapping[str, Any]) -> VariableGroup:
-        """Replace the group's variables; every other field is sent back as it was read."""
+    def update_group(
+        self, organization: str, group: VariableGroup, variables: Mapping[str, Any], *, budget: float | None = None
+    ) -> VariableGroup:
+        """Replace the group's variables; every other field is sent back as it was read.
+
+        ``budget`` (seconds) is what is left of the writer's lease: the PUT, its retries and
+        any Retry-After waits end within it, or it fails transiently."""
         url = f"{self._org_url(organization)}/_apis/distributedtask/variablegroups/{group.id}"
-        body = self._request("PUT", url, organization=organization, json=group.parameters(variables))
+        body = self._request("PUT", url, organization=organization, json=group.parameters(variables), budget=budget)
         return VariableGroup(body or {})
 
     def create_group(self, organization: str, parameters: Mapping[str, Any]) -> VariableGroup:
@@ -356,19 +367,23 @@ class DevOps:
         json: Any = None,
         idempotent: bool = True,
         missing_ok: bool = False,
+        budget: float | None = None,
     ) -> httpx.Response | None:
         query = {**(params or {}), "api-version": API_VERSION}
+        deadline = None if budget is None else time.monotonic() + budget
         try:
             for attempt in stamina.retry_context(
-                on=self._backoff_hook(idempotent),
+                on=self._backoff_hook(idempotent, deadline),
                 attempts=self._attempts,
-                timeout=self._retry_timeout,
+                timeout=self._retry_timeout if budget is None else max(0.001, min(self._retry_timeout, budget)),
                 wait_initial=self._wait_initial,
                 wait_max=self._wait_max,
             ):
-                with attempt, self._slots:
-                    self._respect_pause()
-                    response = self._http.request(method, url, params=query, json=json)
+                with attempt, self._slot(organization, deadline):
+                    self._respect_pause(organization, deadline)
+                    response = self._http.request(
+                        method, url, params=query, json=json, timeout=self._request_timeout(organization, deadline)
+                    )
                     if response.status_code in _RETRYABLE:
                         raise _RetryableStatusError(response)  # noqa: TRY301 -- stamina retries on it
         except _RetryableStatusError as err:
@@ -386,19 +401,25 @@ class DevOps:
         self._note_retry_after(response)
         return self._check(response, method, organization, missing_ok=missing_ok)
 
-    def _backoff_hook(self, idempotent: bool) -> Any:
+    def _backoff_hook(self, idempotent: bool, deadline: float | None) -> Any:
         def hook(exc: Exception) -> bool | float:
+            wait: bool | float = False
             if isinstance(exc, _RetryableStatusError):
                 if not idempotent:
                     return False  # the service may have applied it: the caller looks before retrying
-                if exc.retry_after is None:
-                    return True
                 # A long Retry-After is the caller's to honour (Event Grid redelivers later).
-                return exc.retry_after if exc.retry_after <= self._max_retry_after else False
-            if isinstance(exc, httpx.TransportError):
+                if exc.retry_after is None:
+                    wait = True
+                elif exc.retry_after <= self._max_retry_after:
+                    wait = exc.retry_after
+            elif isinstance(exc, httpx.TransportError):
                 # A non-idempotent request is only retried when it surely never left.
-                return idempotent or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-            return False
+                wait = idempotent or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+            if deadline is None or wait is False:
+                return wait
+            # Under a lease: a wait (the longest backoff, or Retry-After) that would end past it is not made.
+            longest = self._wait_max if wait is True else float(wait)
+            return wait if time.monotonic() + longest < deadline else False
 
         return hook
 
@@ -410,10 +431,31 @@ class DevOps:
             return True
         return exc.retry_after if exc.retry_after <= self._max_retry_after else False
 
-    def _respect_pause(self) -> None:
+    @contextlib.contextmanager
+    def _slot(self, organization: str, deadline: float | None) -> Iterator[None]:
+        if not self._slots.acquire(timeout=None if deadline is None else max(0.0, deadline - time.monotonic())):
+            raise _out_of_time(organization, "waiting for a free Azure DevOps slot")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def _respect_pause(self, organization: str, deadline: float | None) -> None:
         delay = self._pause_until - time.monotonic()
+        if deadline is not None and time.monotonic() + max(delay, 0.0) >= deadline:
+            raise _out_of_time(organization, f"Azure DevOps asked to pause {delay:.1f}s")
         if delay > 0:
             time.sleep(delay)
+
+    def _request_timeout(self, organization: str, deadline: float | None) -> httpx.Timeout:
+        """The client's timeouts, cut short so that a request under a lease gives up before it expires."""
+        if deadline is None:
+            return self._http.timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _out_of_time(organization, "before sending")
+        timeout = min(self._timeout, left)
+        return httpx.Timeout(timeout, connect=min(timeout, 10.0))
 
     def _note_retry_after(self, response: httpx.Response) -> None:
         # Azure DevOps may send Retry-After on a 200 when it starts delaying an identity.
@@ -454,6 +496,13 @@ def _lookup_project(body: Mapping[str, Any]) -> str | None:
     project = first.get("projectReference") or {}
     key = project.get("id") or project.get("name") if isinstance(project, Mapping) else None
     return str(key) if key and body.get("name") else None
+
+
+def _out_of_time(organization: str, doing: str) -> TransientError:
+    return TransientError(
+        f"Azure DevOps ({organization}): the call's budget under the lease ran out ({doing}); giving up for now",
+        system="devops",
+    )
 
 
 def _json(response: httpx.Response, organization: str, *, allow_null: bool = False) -> dict[str, Any]:

@@ -285,7 +285,7 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool, origin: str)
             ) from err
         raise
     link = replace(link, group_id=created.id, group_name=created.name or request.group)
-    marker = write_marker(modified_on=created.modified_on, origin=origin, summary=f"created +{len(plan.add)}")
+    marker = write_marker(origin=origin, summary=f"created +{len(plan.add)}")
     engine.registry.save_link(link, previous=None, written=marker)  # a new group id has no link yet
     engine.notifier.group_updated(link, plan, origin=origin)
     logger.info(

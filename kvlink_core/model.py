@@ -4,14 +4,37 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import random
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 Mode = Literal["merge", "mirror"]
 LinkKind = Literal["linked", "discovered"]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """The time as the lease protocol sees it; tests inject one to drive expiry without sleeping.
+
+    ``monotonic`` measures how long a lease has been held, ``wall`` stamps ExpiresAt (which
+    other instances compare with their own wall clock), ``sleep`` and ``jitter`` pace the waits.
+    """
+
+    monotonic: Callable[[], float] = time.monotonic
+    wall: Callable[[], datetime] = _utc_now
+    sleep: Callable[[float], None] = time.sleep
+    jitter: Callable[[], float] = random.random
+
+
+SYSTEM_CLOCK = Clock()
 
 
 @dataclass(frozen=True, slots=True)

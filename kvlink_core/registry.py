@@ -1,9 +1,10 @@
 """kvlink's own state in Azure Table storage: links, per-group leases, pending work.
 
 * **links** -- partition = vault, so an event finds every affected group in one query.
-* **leases** -- one entity per group; whoever creates it (or takes over an expired one
-  with an ETag match) may write the group. Releasing is a delete that only succeeds if
-  the ETag is unchanged, which is how a holder learns that someone queued work meanwhile.
+* **leases** -- one entity per group (or vault), created, renewed, taken over (once
+  ExpiresAt has passed) and deleted with ETag matches. Releasing only succeeds if the ETag
+  is unchanged, which is how a holder learns that someone queued work meanwhile. *Who*
+  may write and *when* is decided in :mod:`kvlink_core.leases`; this module stores the rows.
 * **pending** -- append-only observations of secrets, queued for a group (or vault) whose
   lease is busy; the holder folds them into its next write, so a burst of events costs a
   few group writes instead of one read-modify-write each.
@@ -29,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .errors import TransientError
-from .model import GroupKey, LeaseKey, Link, Policy, SecretState, VaultKey, parse_timestamp
+from .model import SYSTEM_CLOCK, Clock, GroupKey, LeaseKey, Link, Policy, SecretState, VaultKey, parse_timestamp
 from .tls import azure_transport_options
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class Lease:
     key: LeaseKey
     owner: str
     etag: str
-    renewed: float  # time.monotonic() of the last successful write of the lease
+    renewed: float  # the clock's monotonic time just before the lease row was last written
     took_over: bool = False  # the previous holder died; its queued work may be waiting
     poked: bool = False  # somebody queued work since the holder last looked
 
@@ -88,7 +89,7 @@ class PendingRow:
 
 @dataclass(frozen=True, slots=True)
 class LinkRecord:
-    """A link with kvlink's last write of its group (see :func:`write_marker`), if any."""
+    """A link with kvlink's last write of its group (see :func:`write_marker`), if any: the report page shows it."""
 
     link: Link
     last_change_at: datetime | None = None
@@ -103,11 +104,13 @@ class Registry:
         credential: TokenCredential | None = None,
         *,
         lease_seconds: float = 60.0,
+        clock: Clock = SYSTEM_CLOCK,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._settings = settings
         self._credential = credential
         self.lease_seconds = lease_seconds
+        self.clock = clock  # stamps and judges ExpiresAt; the lease protocol shares it
         # e.g. raw_request_hook, so tests and benchmarks can count Table calls
         self._client_options = dict(client_options or {})
         self._service: TableServiceClient | None = None
@@ -164,7 +167,7 @@ class Registry:
         """Create or replace a link; a group links to one vault, so an older link moves.
 
         Callers that already looked the link up (or just created the group) pass ``previous``;
-        a caller that just wrote the group passes the write marker (see :meth:`note_write`).
+        a caller that just wrote the group passes the write marker (see :func:`write_marker`).
         """
         from azure.data.tables import UpdateMode
 
@@ -172,7 +175,7 @@ class Registry:
         if previous is _LOOK_UP:
             previous = self.find_link(link.key)
         with _storage("save link"):
-            # MERGE keeps the write marker (WrittenOn, LastChange*) of a link whose policy changes.
+            # MERGE keeps the write marker (LastChange*) of a link whose policy changes.
             table.upsert_entity({**_link_entity(link), **(written or {})}, mode=UpdateMode.MERGE)
             if isinstance(previous, Link) and previous.vault != link.vault.lower():
                 table.delete_entity(previous.vault, _group_row(link.key))
@@ -186,35 +189,19 @@ class Registry:
             table.delete_entity(link.vault, _group_row(key))
         return True
 
-    def note_write(self, link: Link, *, modified_on: datetime | None, origin: str, summary: str) -> None:
-        """Record kvlink's last write of the group: Azure DevOps' modifiedOn after it, who, what.
-
-        The audit plans from its group listing and compares that listing's modifiedOn with
-        this marker under the lease: if kvlink wrote the group after the listing, it re-reads.
-        """
+    def note_write(self, link: Link, *, origin: str, summary: str) -> None:
+        """Record kvlink's last write of the group -- when, by which path, what -- for the report page."""
         from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
         entity = {
             "PartitionKey": link.vault.lower(),
             "RowKey": _group_row(link.key),
-            **write_marker(modified_on=modified_on, origin=origin, summary=summary),
+            **write_marker(origin=origin, summary=summary),
         }
         table = self._table(LINKS_TABLE)
         with _storage("note write"), contextlib.suppress(ResourceNotFoundError):
             table.update_entity(entity, mode=UpdateMode.MERGE)  # the link may be gone: nothing to note
-
-    def written_on(self, link: Link) -> datetime | None:
-        """Azure DevOps' modifiedOn after kvlink's last write of the group, if kvlink ever wrote it."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        table = self._table(LINKS_TABLE)
-        try:
-            with _storage("read write marker"):
-                entity = table.get_entity(link.vault.lower(), _group_row(link.key), select=["WrittenOn"])
-        except ResourceNotFoundError:
-            return None
-        return parse_timestamp(entity.get("WrittenOn"))
 
     # -- leases --------------------------------------------------------------------
     def try_acquire(self, key: LeaseKey) -> Lease | None:
@@ -226,10 +213,11 @@ class Registry:
         table = self._table(LEASES_TABLE)
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         for _ in range(3):
+            started = self.clock.monotonic()
             try:
                 with _storage("take lease"):
                     meta = table.create_entity(self._lease_entity(key, owner, poke=""))
-                return Lease(key, owner, meta["etag"], time.monotonic())
+                return Lease(key, owner, meta["etag"], started)
             except ResourceExistsError:
                 pass
             try:
@@ -237,8 +225,9 @@ class Registry:
                     current = table.get_entity(key.lease_partition, key.lease_row)
             except ResourceNotFoundError:
                 continue  # released in between: try to create it again
-            if not _expired(current):
+            if not _expired(current, self.clock.wall()):
                 return None
+            started = self.clock.monotonic()
             try:
                 with _storage("take over lease"):
                     meta = table.update_entity(
@@ -250,7 +239,7 @@ class Registry:
             except (ResourceModifiedError, ResourceNotFoundError):
                 return None
             logger.warning("Took over the expired lease on group %s from %s", key, current.get("Owner"))
-            return Lease(key, owner, meta["etag"], time.monotonic(), took_over=True)
+            return Lease(key, owner, meta["etag"], started, took_over=True)
         return None
 
     def refresh(self, lease: Lease) -> Lease:
@@ -262,8 +251,9 @@ class Registry:
         table = self._table(LEASES_TABLE)
         poked = lease.poked
         etag = lease.etag
-        deadline = time.monotonic() + self.lease_seconds / 3  # pokes may keep changing the ETag
-        while time.monotonic() < deadline:
+        deadline = self.clock.monotonic() + self.lease_seconds / 3  # pokes may keep changing the ETag
+        while self.clock.monotonic() < deadline:
+            started = self.clock.monotonic()
             try:
                 with _storage("renew lease"):
                     meta = table.update_entity(
@@ -272,7 +262,7 @@ class Registry:
                         etag=etag,
                         match_condition=MatchConditions.IfNotModified,
                     )
-                return replace(lease, etag=meta["etag"], renewed=time.monotonic(), poked=poked)
+                return replace(lease, etag=meta["etag"], renewed=started, poked=poked)
             except ResourceModifiedError:
                 pass  # a poke (or a takeover): look at who holds it now
             except ResourceNotFoundError as err:
@@ -341,14 +331,14 @@ class Registry:
                 current = table.get_entity(key.lease_partition, key.lease_row, select=["ExpiresAt"])
         except ResourceNotFoundError:
             return True
-        return _expired(current)
+        return _expired(current, self.clock.wall())
 
     def _lease_entity(self, key: LeaseKey, owner: str, *, poke: str) -> dict[str, Any]:
         return {
             "PartitionKey": key.lease_partition,
             "RowKey": key.lease_row,
             "Owner": owner,
-            "ExpiresAt": datetime.now(UTC) + timedelta(seconds=self.lease_seconds),
+            "ExpiresAt": self.clock.wall() + timedelta(seconds=self.lease_seconds),
             "PokeId": poke,
         }
 
@@ -587,16 +577,9 @@ def _storage(action: str) -> Iterator[None]:
         raise
 
 
-def write_marker(*, modified_on: datetime | None, origin: str, summary: str) -> dict[str, Any]:
+def write_marker(*, origin: str, summary: str) -> dict[str, Any]:
     """The fields recording kvlink's last write of a group (kept in its link entity)."""
-    marker: dict[str, Any] = {
-        "LastChangeAt": datetime.now(UTC),
-        "LastChangeBy": origin,
-        "LastChange": summary,
-    }
-    if modified_on is not None:
-        marker["WrittenOn"] = modified_on
-    return marker
+    return {"LastChangeAt": datetime.now(UTC), "LastChangeBy": origin, "LastChange": summary}
 
 
 def _run_key(moment: datetime) -> str:
@@ -690,9 +673,9 @@ def _observation_from(entity: Mapping[str, Any]) -> Observation:
     return Observation(state, int(entity.get("ObservedAt") or 0))
 
 
-def _expired(lease: Mapping[str, Any]) -> bool:
+def _expired(lease: Mapping[str, Any], now: datetime) -> bool:
     expires = parse_timestamp(lease.get("ExpiresAt"))
-    return expires is None or expires <= datetime.now(UTC)
+    return expires is None or expires <= now
 
 
 def _in_batches(table: TableClient, operations: Sequence[Any]) -> None:

@@ -2,37 +2,37 @@
 
 An event for secret S touches only S: read S once, find the links for its vault in
 one query, and for each group whose decision could change, write under the group's
-lease -- re-read, plan, and PUT only when something changes. When the lease is busy,
-the observation is queued for the holder, which folds every queued observation into
-its next write; a burst of events therefore costs a handful of writes per group.
+lease -- read the group, plan, renew the lease, and PUT only when something changes.
+Every path writes that way, the audit too: a PUT never starts from a listing. When the
+lease is busy, the observation is queued for the holder, which folds every queued
+observation into its next write; a burst of events therefore costs a handful of writes
+per group. *When* a writer may write is :mod:`kvlink_core.leases`' business.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import (
     InvalidEventError,
     KvLinkError,
-    LeaseBusyError,
     TransientError,
     UnwantedEventError,
     UpstreamError,
 )
 from .events import SecretEvent, parse_event
+from .leases import Holding, Leases, Round
 from .logs import parse_log_batch
-from .model import LeaseKey, Link, SecretState, VaultKey
+from .model import Link, SecretState, VaultKey
 from .names import check_secret
 from .notify import Notifier
 from .plan import Desired, Plan, apply_plan, desired, plan_group, removal_refusal
-from .registry import Lease, Observation
+from .registry import Observation
 
 if TYPE_CHECKING:
     from .devops import DevOps, VariableGroup
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 Status = Literal[
     "applied",
@@ -62,6 +61,7 @@ class GroupOutcome:
     status: Status
     plan: Plan | None = None
     message: str | None = None
+    names: tuple[str, ...] | None = None  # the group's names after this outcome, when it was read
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,22 +78,6 @@ class LogBatchResult:
     ignored: int  # well-formed records that needed nothing
     skipped: int  # malformed records
     groups: tuple[GroupOutcome, ...] = ()
-
-
-@dataclass
-class _Round:
-    """What one holder round knows: observations keyed by lower-cased secret name."""
-
-    observations: dict[str, Observation] = field(default_factory=dict)
-    complete: bool = False
-    known: VariableGroup | None = None  # the group as a listing showed it (audit), to spare a read
-    gather: bool = False  # read the queue in this first round too
-
-    def merge(self, more: Iterable[Observation]) -> None:
-        for obs in more:
-            known = self.observations.get(obs.state.key)
-            if known is None or obs.at >= known.at:
-                self.observations[obs.state.key] = obs
 
 
 class Engine:
@@ -118,14 +102,14 @@ class Engine:
         self.devops = devops
         self.registry = registry
         self.notifier = notifier or Notifier(settings, None)
-        # A waiter gives up (and lets the event be redelivered) after two lease lifetimes.
-        self.max_wait = max_wait if max_wait is not None else 2 * registry.lease_seconds
         self.group_concurrency = group_concurrency
-        # How long one invocation keeps writing others' queued work before handing the lease on,
-        # and how long a holder lets queued work gather between two writes.
-        self.holder_budget = holder_budget
-        self.batch_window = batch_window
-        self.max_batch_window = max_batch_window
+        self.leases = Leases(
+            registry,
+            max_wait=max_wait,
+            holder_budget=holder_budget,
+            batch_window=batch_window,
+            max_batch_window=max_batch_window,
+        )
 
     def close(self) -> None:
         self.keyvault.close()
@@ -257,30 +241,23 @@ class Engine:
         leases per event; with it, each event costs a lease attempt on the vault, and each round
         of the vault's holder writes every group once for all the observations queued meanwhile.
         """
-        key = VaultKey(vault)
-        first = _Round()
+        first = Round()
         first.merge(observations)
 
         # One lookup serves every round: links change rarely, and the nightly audit reconciles anyway.
-        def apply(round_: _Round, is_first: bool) -> list[GroupOutcome]:
+        def apply(round_: Round, holding: Holding) -> list[GroupOutcome]:
             return self._apply_vault(links, round_, origin=origin, path=path)
 
-        lease = self.registry.try_acquire(key)
-        if lease is not None:
-            # Several groups are about to be written for one secret: let a burst's other events queue
-            # first, so this write carries theirs too (a lone event pays this short wait, once).
-            time.sleep(self.batch_window)
-            first.gather = True
-            return self._hold(key, lease, first, apply, [], waiters_poll=False)
-        return self._hand_off(
-            key,
+        return self.leases.run(
+            VaultKey(vault),
             first,
-            on_lease=lambda lease: self._hold(key, lease, _Round(), apply, [], waiters_poll=False),
+            apply,
+            default=[],
             queued=[GroupOutcome(link, "queued") for link in work],
-            wait=False,  # a burst must not line its events up behind each other's writes
+            busy="queue",  # a burst must not line its events up behind each other's writes
         )
 
-    def _apply_vault(self, links: list[Link], round_: _Round, *, origin: str, path: str) -> list[GroupOutcome]:
+    def _apply_vault(self, links: list[Link], round_: Round, *, origin: str, path: str) -> list[GroupOutcome]:
         observations = list(round_.observations.values())
         links = _affected(links, [obs.state for obs in observations])
         return self.for_each(links, lambda link: self.write_group(link, observations, origin=path), origin=origin)
@@ -334,161 +311,68 @@ class Engine:
         """Apply what kvlink observed to one group, under its lease, coalescing with others.
 
         ``origin`` (event, log, api, cli, audit) is recorded with each write and its notification.
+        ``known`` (the group as a listing showed it) serves a dry run only: a write always starts
+        from a read under the lease, since whatever a person changed since the listing would be lost.
         """
-        first = _Round(complete=complete, known=known)
+        first = Round(complete=complete)
         first.merge(observations)
         if dry_run or self.settings.mode == "report":
-            return self._apply(link, first, force=force, write=False, origin=origin)
+            group = known or self.devops.get_group(link.organization, link.project, link.group_id)
+            return self._apply(link, group, first, force=force, holding=None, origin=origin)
 
-        def apply(round_: _Round, is_first: bool) -> GroupOutcome:
-            return self._apply(link, round_, force=force and is_first, write=True, origin=origin)
+        def apply(round_: Round, holding: Holding) -> GroupOutcome:
+            # The read is the first call under the lease, and it must end in time for the renewal.
+            group = self.devops.get_group(link.organization, link.project, link.group_id, budget=holding.budget())
+            return self._apply(link, group, round_, force=force and round_.own, holding=holding, origin=origin)
 
-        lease = self.registry.try_acquire(link.key)
-        if lease is not None:
-            return self._hold(link.key, lease, first, apply, GroupOutcome(link, "unchanged"))
-        if complete:
-            # A whole-group sync reports its own plan, so it waits for its turn.
-            return self._hold(link.key, self._wait_for_lease(link), first, apply, GroupOutcome(link, "unchanged"))
-        return self._hand_off(
+        return self.leases.run(
             link.key,
             first,
-            on_lease=lambda lease: self._hold(link.key, lease, _Round(), apply, GroupOutcome(link, "unchanged")),
+            apply,
+            default=GroupOutcome(link, "unchanged"),
             queued=GroupOutcome(link, "queued"),
+            # A whole-group sync reports its own plan, so it waits for its turn.
+            busy="wait" if complete else "hand-off",
         )
 
-    def _hold(
+    def _apply(
         self,
-        key: LeaseKey,
-        lease: Lease,
-        first: _Round,
-        apply: Callable[[_Round, bool], T],
-        default: T,
+        link: Link,
+        group: VariableGroup | None,
+        work: Round,
         *,
-        waiters_poll: bool = True,
-    ) -> T:
-        """Write as the lease holder, round after round, until nothing more is queued.
+        force: bool,
+        holding: Holding | None,
+        origin: str,
+    ) -> GroupOutcome:
+        """Plan ``group`` (read under the lease, unless this is a dry run) and write it if it changes.
 
-        Returns what ``apply`` returned for the holder's own (first) round, or for the first
-        round that had work, or ``default`` when no round had any.
+        The only place groups are written: the lease is renewed between the read and the PUT, and
+        the PUT gets what is left of it as its budget; a lost lease means no PUT.
         """
-        result: T | None = None
-        current: _Round | None = first
-        look_at_queue = lease.took_over or not first.observations or first.gather
-        started = time.monotonic()
-        window = self.batch_window
-        try:
-            while True:
-                work = current or _Round()
-                rows = self.registry.pending(key) if look_at_queue else []
-                work.merge(row.observation for row in rows)
-                if work.observations:
-                    lease = self._keep_alive(lease)
-                    outcome = apply(work, work is first)
-                    result = outcome if work is first or result is None else result
-                if rows:
-                    self.registry.remove_pending(key, rows)
-                current, look_at_queue = None, True
-                if lease.poked:  # seen while renewing, possibly after this round read the queue
-                    lease = replace(lease, poked=False)
-                    continue
-                if self.registry.release(lease):
-                    return default if result is None else result
-                if waiters_poll and time.monotonic() - started > self.holder_budget:
-                    # Under a steady stream this invocation would never finish (and Event Grid wants an
-                    # answer within 30 s). Its own work is done; every queued row has a waiter that
-                    # polls the lease, so hand it over. (Where waiters hand their work over and leave,
-                    # the holder drains the queue: at worst its own event is redelivered, harmlessly.)
-                    self.registry.release_quietly(lease)
-                    return default if result is None else result
-                # Someone queued work. Let more arrive before the next round, a little longer each time
-                # the queue refills: in a burst, one write then carries many observations, not one each.
-                time.sleep(window)
-                window = min(window * 2, self.max_batch_window)
-                lease = self.registry.refresh(lease)
-        except BaseException:
-            self.registry.release_quietly(lease)
-            raise
-
-    def _keep_alive(self, lease: Lease) -> Lease:
-        if time.monotonic() - lease.renewed > self.registry.lease_seconds / 3:
-            return self.registry.refresh(lease)
-        return lease
-
-    def _hand_off(
-        self, key: LeaseKey, work: _Round, *, on_lease: Callable[[Lease], T], queued: T, wait: bool = True
-    ) -> T:
-        """Queue the observations for the current holder; by default, wait until they are written.
-
-        Without ``wait`` the queued work is the holder's once a live holder has been poked: it
-        writes everything queued before it lets go, and whoever takes the lease next (or the
-        nightly audit) finishes what a holder that died left behind.
-        """
-        rows = self.registry.add_pending(key, work.observations.values())
-        deadline = time.monotonic() + self.max_wait
-        delay = self.batch_window + 0.1
-        while time.monotonic() < deadline:
-            if not self.registry.poke(key):
-                lease = self.registry.try_acquire(key)
-                if lease is not None:
-                    return on_lease(lease)
-                continue  # another waiter got it first: poke that one
-            if not wait:
-                if not self.registry.lease_free(key):
-                    return queued
-                lease = self.registry.try_acquire(key)  # the poked holder had died: take over
-                if lease is not None:
-                    return on_lease(lease)
-                continue
-            polls = 0
-            while time.monotonic() < deadline:
-                # The holder gathers work for a batch window and then writes: no need to poll faster.
-                time.sleep(delay * (0.5 + random.random()))  # noqa: S311 -- jitter, not crypto
-                delay = min(delay * 1.5, 2.0)
-                polls += 1
-                if not self.registry.has_pending(key, rows):
-                    logger.info("%s: the lease holder wrote our changes", key)
-                    return queued
-                if polls % 3 or not self.registry.lease_free(key):
-                    continue  # one read per poll; the lease itself is looked at every third poll
-                lease = self.registry.try_acquire(key)
-                if lease is not None:  # the holder finished or died: finish the queue ourselves
-                    return on_lease(lease)
-        raise LeaseBusyError(
-            f"{key} stayed locked for {self.max_wait:.0f}s; its changes stay queued",
-            retry_after=self.registry.lease_seconds,
-        )
-
-    def _wait_for_lease(self, link: Link) -> Lease:
-        deadline = time.monotonic() + self.max_wait
-        delay = 0.05
-        while time.monotonic() < deadline:
-            time.sleep(delay * (0.5 + random.random()))  # noqa: S311 -- jitter, not crypto
-            delay = min(delay * 2, 1.0)
-            lease = self.registry.try_acquire(link.key)
-            if lease is not None:
-                return lease
-        raise LeaseBusyError(f"group {link.key} stayed locked for {self.max_wait:.0f}s", retry_after=5.0)
-
-    def _apply(self, link: Link, work: _Round, *, force: bool, write: bool, origin: str) -> GroupOutcome:
-        """Read the group, plan it, and write it if it changes. The only place groups are written."""
-        group = self._current_group(link, work.known, write=write)
         if group is None:
             logger.warning("Group %s (%s) no longer exists in project %s", link.group_name, link.key, link.project)
             return GroupOutcome(link, "group-missing", message="the group or its project is gone")
+        variables = group.variables
+        names = tuple(variables)
         if not group.is_key_vault:
-            return GroupOutcome(link, "not-key-vault", message="the group is no longer linked to a key vault")
+            return GroupOutcome(
+                link, "not-key-vault", message="the group is no longer linked to a key vault", names=names
+            )
         if (group.vault or "").lower() != link.vault.lower():
             return GroupOutcome(
-                link, "vault-changed", message=f"the group now maps vault {group.vault!r}, not {link.vault!r}"
+                link,
+                "vault-changed",
+                message=f"the group now maps vault {group.vault!r}, not {link.vault!r}",
+                names=names,
             )
-        variables = group.variables
         plan = self._plan(link, group, work)
         if not plan.changed:
-            return GroupOutcome(link, "unchanged", plan)
+            return GroupOutcome(link, "unchanged", plan, names=names)
         refusal = None if force else removal_refusal(plan, len(variables), self.settings.max_removal_fraction)
         if refusal:
             logger.warning("Group %s (%s): %s; plan %s", link.group_name, link.key, refusal, plan.as_dict())
-            return GroupOutcome(link, "refused", plan, refusal)
+            return GroupOutcome(link, "refused", plan, refusal, names=names)
         variables_after = apply_plan(variables, plan)
         if not variables_after:
             message = (
@@ -496,8 +380,8 @@ class Engine:
                 f"accept; remove the group or add a secret (would remove {list(plan.remove)})"
             )
             logger.warning("Group %s (%s): %s", link.group_name, link.key, message)
-            return GroupOutcome(link, "refused", plan, message)
-        if not write:
+            return GroupOutcome(link, "refused", plan, message, names=names)
+        if holding is None:
             logger.info(
                 "Group %s (%s): would add %s, remove %s",
                 link.group_name,
@@ -505,8 +389,11 @@ class Engine:
                 plan.added_names,
                 list(plan.remove),
             )
-            return GroupOutcome(link, "planned", plan)
-        updated = self.devops.update_group(link.organization, group, variables_after)
+            return GroupOutcome(link, "planned", plan, names=names)
+        # Planning may have taken a while (it can ask Key Vault about names): prove the lease is still
+        # ours and make the PUT, retries and Retry-After waits included, fit in what is left of it.
+        budget = holding.renew()
+        self.devops.update_group(link.organization, group, variables_after, budget=budget)
         logger.info(
             "Group %s (%s): added %s, removed %s (%s)",
             link.group_name,
@@ -516,11 +403,11 @@ class Engine:
             origin,
         )
         summary = f"+{len(plan.add)} -{len(plan.remove)}"
-        self.registry.note_write(link, modified_on=updated.modified_on, origin=origin, summary=summary)
+        self.registry.note_write(link, origin=origin, summary=summary)
         self.notifier.group_updated(link, plan, origin=origin)
-        return GroupOutcome(link, "applied", plan)
+        return GroupOutcome(link, "applied", plan, names=tuple(variables_after))
 
-    def _plan(self, link: Link, group: VariableGroup, work: _Round) -> Plan:
+    def _plan(self, link: Link, group: VariableGroup, work: Round) -> Plan:
         """Plan the group; never remove a name just because a listing older than the group lacks it."""
         secrets = {key: obs.state for key, obs in work.observations.items()}
         plan = plan_group(group.variables, secrets, link.policy, complete=work.complete, prune_only=link.prune_only)
@@ -539,18 +426,6 @@ class Engine:
         work.merge(Observation(state) for state in fresh.values())
         secrets = {key: obs.state for key, obs in work.observations.items()}
         return plan_group(group.variables, secrets, link.policy, complete=work.complete, prune_only=link.prune_only)
-
-    def _current_group(self, link: Link, known: VariableGroup | None, *, write: bool) -> VariableGroup | None:
-        """The group to plan from. A listed group is used as is unless kvlink wrote it after the
-        listing (the write marker says so) -- the one way kvlink's own listing can be stale to it."""
-        if known is not None:
-            if not write:
-                return known
-            marker = self.registry.written_on(link)
-            listed = known.modified_on
-            if listed is not None and (marker is None or marker <= listed):
-                return known
-        return self.devops.get_group(link.organization, link.project, link.group_id)
 
 
 def _affected(links: list[Link], states: Iterable[SecretState]) -> list[Link]:

@@ -6,8 +6,10 @@ import errno
 import itertools
 import json
 import logging
+import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ from kvlink_core import app as kvlink_app
 from kvlink_core.credentials import EMULATOR_TOKEN, get_credential
 from kvlink_core.devops import DevOps
 from kvlink_core.keyvault import KeyVault
-from kvlink_core.model import Link, Policy
+from kvlink_core.model import Clock, Link, Policy
 from kvlink_core.registry import Registry
 from kvlink_core.settings import Settings
 from kvlink_core.sync import Engine
@@ -119,6 +121,35 @@ class TableCalls:
         self.by_method.clear()
 
 
+class FakeTime:
+    """An injected clock for the lease protocol: time moves only when a test, or a fake sleep, moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self._start = datetime.now(UTC)  # ExpiresAt stays near the real time of day
+        self._lock = threading.Lock()
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        """The default fake sleep: the sleeper's time passes at once."""
+        with self._lock:
+            self.sleeps.append(seconds)
+        self.advance(seconds)
+
+    def clock(self, sleep: Callable[[float], None] | None = None) -> Clock:
+        """A clock on this time; ``sleep`` lets a test order an instance's waits (e.g. on an event)."""
+        return Clock(
+            monotonic=lambda: self.now,
+            wall=lambda: self._start + timedelta(seconds=self.now),
+            sleep=sleep or self.sleep,
+            jitter=lambda: 0.5,
+        )
+
+
 class Estate:
     """One test's slice of the stand-ins: its own organization, vault and project."""
 
@@ -157,9 +188,10 @@ class Estate:
         max_wait: float | None = None,
         devops_timeout: float = 20.0,
         holder_budget: float = 15.0,
+        clock: Clock | None = None,
         **overrides: str,
     ) -> Engine:
-        """An engine wired to the stand-ins, with retries tuned to test speed."""
+        """An engine wired to the stand-ins, with retries tuned to test speed; ``clock`` drives its leases."""
         settings = self.settings(**overrides)
         credential = get_credential(settings)
         engine = Engine(
@@ -171,6 +203,7 @@ class Estate:
             registry=Registry(
                 settings,
                 lease_seconds=lease_seconds,
+                **({"clock": clock} if clock is not None else {}),
                 client_options={"raw_request_hook": self.table_calls, "retry_total": 1, "retry_backoff_factor": 0.05},
             ),
             max_wait=max_wait,
@@ -237,6 +270,11 @@ def app_engine(estate: Estate, monkeypatch: pytest.MonkeyPatch) -> Engine:
     engine = estate.engine()
     monkeypatch.setattr(kvlink_app, "get_engine", lambda: engine)
     return engine
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
 
 
 @pytest.fixture

@@ -405,7 +405,7 @@ class TestErrors:
 
         engine = estate.engine(max_wait=0.3)
         assert engine.registry.try_acquire(GroupKey(estate.org, body["link"]["groupId"])) is not None
-        api.max_wait = 0.3
+        api.leases.max_wait = 0.3
         status, body, response = call(function_app.sync, request("POST", "sync", {"vault": estate.vault}))
         assert status == 503 and "Retry-After" in response.headers
 
@@ -495,11 +495,12 @@ class TestCallCounts:
         post_link(estate)  # adopt the first group again: it is missing new-one
         assert [m for m, _ in self.devops_calls(estate)] == ["GET", "GET", "PUT"]
         assert self.vault_pages(estate) == 2
-        # link lookup, lease create + release, write marker, link upsert
-        assert estate.table_calls.by_method == {"GET": 1, "POST": 1, "DELETE": 1, "PATCH": 2}
+        # link lookup, lease create + renewal before the PUT + release, write marker, link upsert
+        assert estate.table_calls.by_method == {"GET": 1, "POST": 1, "PUT": 1, "DELETE": 1, "PATCH": 2}
 
         reset_counts(estate)
         call(function_app.sync, request("POST", "sync", {"vault": estate.vault}))
         assert sorted(m for m, _ in self.devops_calls(estate)) == ["GET", "GET", "PUT"]  # only platform-kv changes
         assert self.vault_pages(estate) == 2  # listed once for both groups
-        assert estate.table_calls.by_method == {"GET": 1, "POST": 2, "DELETE": 2, "PATCH": 1}
+        # links query; per group lease create + release; for the changed one, renewal + write marker
+        assert estate.table_calls.by_method == {"GET": 1, "POST": 2, "PUT": 1, "DELETE": 2, "PATCH": 1}

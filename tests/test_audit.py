@@ -210,8 +210,10 @@ class TestAudit:
         assert len(v1_pages) == 1  # 4 groups map v1; 6 secrets fit one page
         group_lists = [c for c in big.e.ado.calls if c.method == "GET" and c.path.endswith("/variablegroups")]
         assert len(group_lists) == 3  # Payments, Platform, Web
-        single_reads = [c for c in big.e.ado.calls if c.method == "GET" and "/variablegroups/" in c.path]
-        assert single_reads == []  # drifted groups are written from the listing, not re-read
+        single_reads = [c.path for c in big.e.ado.calls if c.method == "GET" and "/variablegroups/" in c.path]
+        # Only the drifted groups are re-read, once each, under their leases before the write (g4's is then
+        # refused by the guard); groups in step are not.
+        assert sorted(int(p.rsplit("/", 1)[1]) for p in single_reads) == sorted([big.g1, big.g3, big.g4])
 
     def test_report_mode_changes_nothing(self, big):
         """KVLINK_MODE=report: findings, no writes, no discovered links, nothing marked repaired."""
@@ -255,6 +257,109 @@ class TestAudit:
         run_audit(engine)
         assert "arrived-meanwhile" in big.names(big.org_a, big.g1)
         assert "new-one" in big.names(big.org_a, big.g1)
+
+
+class TestHandEdits:
+    """The audit writes a drifted group from a read under its lease, never from its listing."""
+
+    def test_edits_made_after_the_listing_survive_the_write(self, estate, monkeypatch):
+        """A person's edits between the listing and the write stay: description, shares, a hand-added name
+        (merge keeps it while its secret is live); a group re-pointed to another vault is left alone, and one
+        put right by hand is not written at all."""
+        kv, ado = estate.kv, estate.ado
+        for name in ("app-1", "app-2", "app-3", "hand-made"):
+            kv.set_secret(estate.vault, name)
+        ado.add_project(estate.org, "Shared")
+        engine = estate.engine(KVLINK_DEVOPS_PROJECTS=f"{estate.org}/{estate.project}")
+        # Both drifted: gone-1 is not in the vault, app-3 is missing.
+        edited = estate.group("edited-kv", ["app-1", "app-2", "gone-1"])
+        moved = estate.group("moved-kv", ["app-1", "app-2", "gone-1"])
+        fixed = estate.group("fixed-kv", ["app-1", "app-2", "gone-1"])
+        for group in (edited, moved, fixed):
+            estate.link(engine, group, Policy(include=("app-*",)))
+        listed = engine.devops.list_groups
+
+        def by_hand(group: dict) -> None:
+            group["description"] = "owned by team payments"
+            group["variables"]["hand-made"] = {
+                "isSecret": True,
+                "value": None,
+                "enabled": True,
+                "contentType": "",
+                "expires": None,
+            }
+
+        def list_then_edit(org, project, **kwargs):
+            groups = list(listed(org, project, **kwargs))
+            # Someone works in the web UI right after the audit listed the project.
+            ado.edit_group(estate.org, edited, by_hand)
+            ado.share_group(estate.org, edited, "Shared")
+            ado.edit_group(estate.org, moved, lambda g: g["providerData"].update(vault="kv-elsewhere"))
+            ado.edit_group(estate.org, fixed, put_right)
+            return groups
+
+        def put_right(group: dict) -> None:
+            variables = group["variables"]
+            variables["app-3"] = variables.pop("gone-1")
+
+        monkeypatch.setattr(engine.devops, "list_groups", list_then_edit)
+        report = run_audit(engine, store=False)
+
+        after = ado.group(estate.org, edited)
+        assert sorted(after["variables"]) == ["app-1", "app-2", "app-3", "hand-made"]
+        assert after["description"] == "owned by team payments"
+        assert {r["projectReference"]["name"] for r in after["variableGroupProjectReferences"]} == {
+            estate.project,
+            "Shared",
+        }
+        assert ado.writes(estate.org, moved) == []
+        assert ado.group(estate.org, moved)["providerData"]["vault"] == "kv-elsewhere"
+        assert [(f.kind, f.group_id) for f in report.findings if f.group_id == moved] == [("vault-changed", moved)]
+        outcomes = {g["groupId"]: (g["outcome"], g["names"]) for g in report.groups}
+        assert outcomes[edited] == ("applied", ["app-1", "app-2", "app-3", "hand-made"])
+        assert outcomes[moved][0] == "vault-changed"
+        assert outcomes[fixed] == ("unchanged", ["app-1", "app-2", "app-3"])
+        assert ado.writes(estate.org, fixed) == []
+        assert [f.kind for f in report.findings if f.group_id == fixed] == []
+
+
+class TestCallCounts:
+    def test_audit_lists_and_re_reads_only_the_groups_it_writes(self, estate):
+        """Audit of one vault with a drifted and an in-step group: listings once each, then one read and one
+        write for the drifted group only, under its lease."""
+        for name in ("app-1", "app-2"):
+            estate.kv.set_secret(estate.vault, name)
+        engine = estate.engine()
+        drifted = estate.group("drifted-kv", ["app-1"])
+        in_step = estate.group("in-step-kv", ["app-1", "app-2"])
+        for group in (drifted, in_step):
+            estate.link(engine, group)
+        run_audit(engine, store=False)  # warm: opens the tables, pays the Key Vault challenge
+        estate.kv.set_secret(estate.vault, "app-3")
+        estate.ado.edit_group(estate.org, in_step, lambda g: g["variables"].update(ok_3(g)))
+        for system in (estate.kv, estate.ado):
+            system.reset_calls()
+        estate.table_calls.reset()
+
+        run_audit(engine, store=False)
+
+        assert [c.method for c in estate.kv.calls] == ["GET"]  # one listing page
+        reads = sorted(c.path.split("/_apis/", 1)[1] for c in estate.ado.calls if c.method == "GET")
+        assert reads == [
+            "distributedtask/variablegroups",  # the project's groups
+            f"distributedtask/variablegroups/{drifted}",  # the drifted group, re-read under its lease
+            "projects",
+            "serviceendpoint/endpoints",
+        ]
+        assert [c.path.rsplit("/", 1)[1] for c in estate.ado.writes(estate.org)] == [str(drifted)]
+        # links, vault work and queues scanned once each; for the written group only: lease create, renewal
+        # before the PUT, write marker, release (the marker is no longer read: every write re-reads the group)
+        assert estate.table_calls.by_method == {"GET": 3, "POST": 1, "PUT": 1, "PATCH": 1, "DELETE": 1}
+
+
+def ok_3(group: dict) -> dict:
+    """The in-step group gains app-3 by hand, so only the other group drifts."""
+    return {"app-3": dict(group["variables"]["app-1"])}
 
 
 class TestEntryPoints:

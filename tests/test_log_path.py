@@ -270,7 +270,7 @@ class TestRegistration:
 
 class TestCallCounts:
     def test_one_delete(self, estate, deliver):
-        """One delete: 1 version listing, 1 read + 1 write per group, 7 Table calls (work row in and out)."""
+        """One delete: 1 version listing, 1 read + 1 write per group, 8 Table calls (work row in and out)."""
         group = linked_group(estate, deliver.engine, ["db-password", "api-key", "keep"])
         estate.kv.delete_secret(estate.vault, "api-key")
         deliver()  # warm-up: opens the work and lease tables, pays the Key Vault challenge
@@ -284,5 +284,6 @@ class TestCallCounts:
         assert estate.names(group) == ["keep"]
         assert [c.path.rsplit("/", 1)[-1] for c in estate.kv.calls] == ["versions"]  # 404: deleted
         assert [c.method for c in estate.ado.calls] == ["GET", "PUT"]
-        # work upsert (batch POST), work list, links query, lease create + delete, marker, work row delete
-        assert estate.table_calls.by_method == {"POST": 2, "GET": 2, "DELETE": 2, "PATCH": 1}
+        # work upsert (batch POST), work list, links query, lease create + renewal before the PUT + delete,
+        # marker, work row delete
+        assert estate.table_calls.by_method == {"POST": 2, "GET": 2, "PUT": 1, "DELETE": 2, "PATCH": 1}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from kvlink_core.errors import TransientError
@@ -15,8 +13,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def registry(estate):
-    reg = Registry(estate.settings(), lease_seconds=1.0)
+def registry(estate, fake_time):
+    reg = Registry(estate.settings(), lease_seconds=60.0, clock=fake_time.clock())
     yield reg
     reg.close()
 
@@ -60,7 +58,7 @@ class TestLinks:
         written, untouched = make_link(estate, group_id=11), make_link(estate, group_id=12)
         registry.save_link(written)
         registry.save_link(untouched)
-        registry.note_write(written, modified_on=None, origin="event", summary="+2 -1")
+        registry.note_write(written, origin="event", summary="+2 -1")
         estate.table_calls.reset()
         everything = registry.link_records()
         # one scan: a GET per page of 1,000 entities (other tests' links share this Azurite), never one per link
@@ -94,11 +92,15 @@ class TestLeases:
         assert registry.release(fresh) is True
         assert registry.poke(key) is False  # nobody holds it now
 
-    def test_expired_lease_is_taken_over(self, estate, registry):
-        """A dead holder's lease can be taken once it expires, and the old holder learns it lost it."""
+    def test_expired_lease_is_taken_over(self, estate, registry, fake_time):
+        """A dead holder's lease can be taken once it expires (by the injected clock), and the old holder
+        learns it lost it."""
         key = GroupKey(estate.org, 3)
         dead = registry.try_acquire(key)
-        time.sleep(1.1)
+        fake_time.advance(59.0)
+        assert registry.try_acquire(key) is None and not registry.lease_free(key)
+        fake_time.advance(1.5)
+        assert registry.lease_free(key)
         taker = registry.try_acquire(key)
         assert taker is not None and taker.took_over
         with pytest.raises(LeaseLostError):

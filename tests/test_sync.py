@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,7 +11,7 @@ import pytest
 
 from kvlink_core.errors import TransientError
 from kvlink_core.model import Policy, SecretState, VaultKey
-from kvlink_core.registry import Observation
+from kvlink_core.registry import LEASES_TABLE, Observation
 from standins.events import secret_event
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,7 @@ class TestNewSecret:
         }
 
     def test_calls_for_a_new_secret_are_the_minimum(self, estate):
-        """A new secret costs 1 Key Vault call, 1 group read + 1 write, and 4 Table calls."""
+        """A new secret costs 1 Key Vault call, 1 group read + 1 write, and 5 Table calls."""
         engine = estate.engine()
         group = estate.group("payments-kv", [])
         estate.link(engine, group)
@@ -58,8 +59,8 @@ class TestNewSecret:
         assert estate.kv.count("GET", r"/versions$") == 1
         assert len(estate.kv.calls) == 1
         assert [c.method for c in estate.ado.calls] == ["GET", "PUT"]
-        # links query + lease create + lease delete + write marker
-        assert estate.table_calls.by_method == {"GET": 1, "POST": 1, "DELETE": 1, "PATCH": 1}
+        # links query + lease create + lease renewed between the read and the PUT + lease delete + write marker
+        assert estate.table_calls.by_method == {"GET": 1, "POST": 1, "PUT": 1, "DELETE": 1, "PATCH": 1}
 
     def test_new_version_of_mapped_secret_writes_nothing(self, estate):
         """Rotating a mapped secret reads the group once and never writes it."""
@@ -323,17 +324,34 @@ class TestConcurrency:
         assert estate.names(group) == sorted(["existing", *(f"burst-{i:02d}" for i in range(30))])
         assert len(estate.ado.writes(estate.org, group)) <= 30  # duplicates never cost a write
 
-    def test_events_queued_behind_a_slow_write_share_one_write(self, estate):
+    def test_events_queued_behind_a_slow_write_share_one_write(self, estate, monkeypatch):
         """While one write is slow, the other 19 events queue and land together in one more write."""
-        engine = estate.engine()
+        engine = estate.engine(lease_seconds=60.0)  # the held write never comes near the lease's end
         group = estate.group("payments-kv", ["existing"])
         estate.link(engine, group)
         events = [new_secret(estate, f"queued-{i:02d}") for i in range(20)]
-        estate.ado.inject(method="PUT", delay=2.0, passthrough=True)  # the first write takes two seconds
+        in_write, all_queued = threading.Event(), threading.Event()
+        update, poke = engine.devops.update_group, engine.registry.poke
+        pokes = []
+
+        def slow_first_write(*args, **kwargs):
+            if not in_write.is_set():  # the first write waits until every other event has queued
+                in_write.set()
+                assert all_queued.wait(60)
+            return update(*args, **kwargs)
+
+        def counted_poke(key):
+            pokes.append(key)
+            if len(pokes) >= 19:
+                all_queued.set()
+            return poke(key)
+
+        monkeypatch.setattr(engine.devops, "update_group", slow_first_write)
+        monkeypatch.setattr(engine.registry, "poke", counted_poke)
 
         with ThreadPoolExecutor(max_workers=20) as pool:
             first = pool.submit(engine.handle_event, events[0])
-            time.sleep(0.3)  # the first event now holds the lease, inside its slow write
+            assert in_write.wait(60)  # the first event now holds the lease, inside its write
             rest = list(pool.map(engine.handle_event, events[1:]))
         first.result()
 
@@ -343,9 +361,9 @@ class TestConcurrency:
         writes = estate.ado.writes(estate.org, group)
         assert len(writes) <= 3, [len(c.body["variables"]) for c in writes]
 
-    def test_crashed_holder_blocks_only_until_expiry(self, estate):
+    def test_crashed_holder_blocks_only_until_expiry(self, estate, fake_time):
         """A lease left by a dead holder is taken over once it expires, and queued work is finished."""
-        engine = estate.engine(lease_seconds=1.0, max_wait=5.0)
+        engine = estate.engine(lease_seconds=10.0, max_wait=50.0, clock=fake_time.clock())
         group = estate.group("payments-kv", [])
         link = estate.link(engine, group)
         dead = engine.registry.try_acquire(link.key)  # a holder that never comes back
@@ -353,10 +371,11 @@ class TestConcurrency:
         # work another instance queued for the dead holder
         engine.registry.add_pending(link.key, [Observation(SecretState("queued-before"))])
 
-        engine.handle_event(new_secret(estate, "api-key"))
+        engine.handle_event(new_secret(estate, "api-key"))  # its polls' fake sleeps let the lease expire
 
         assert estate.names(group) == ["api-key", "queued-before"]
         assert engine.registry.pending(link.key) == []
+        assert 10.0 <= fake_time.now <= 50.0  # taken over after expiry, well before the waiter gives up
 
     def test_waiter_gives_up_and_keeps_its_work_queued(self, estate):
         """If the lease stays busy past the wait, the event fails for a retry and its work stays queued."""
@@ -412,9 +431,9 @@ class TestVaultCoalescing:
         assert {g.status for r in results for g in r.groups} <= {"applied", "queued", "unchanged"}
         assert max(len(estate.ado.writes(estate.org, gid)) for gid in ids) <= 10
 
-    def test_dead_vault_holder_work_is_finished_by_the_next_event(self, estate):
+    def test_dead_vault_holder_work_is_finished_by_the_next_event(self, estate, fake_time):
         """Work queued behind a vault holder that died is written by the next event once the lease expires."""
-        engine = estate.engine(lease_seconds=1.0)
+        engine = estate.engine(lease_seconds=10.0, clock=fake_time.clock())
         ids = self.groups(estate, engine)
         dead = engine.registry.try_acquire(VaultKey(estate.vault))
         assert dead is not None
@@ -422,7 +441,7 @@ class TestVaultCoalescing:
         first = engine.handle_event(new_secret(estate, "while-dead"))
         assert {g.status for g in first.groups} == {"queued"}  # handed to the (dead) holder
         assert all("while-dead" not in estate.names(gid) for gid in ids)
-        time.sleep(1.2)
+        fake_time.advance(10.5)
         engine.handle_event(new_secret(estate, "after-expiry"))
 
         assert all({"while-dead", "after-expiry"} <= set(estate.names(gid)) for gid in ids)
@@ -444,3 +463,108 @@ class TestVaultCoalescing:
         assert engine.registry.pending(VaultKey(estate.vault)) == []
         engine.handle_event(new_secret(estate, "next"))  # a later holder finds nothing stale to replay
         assert all("gone-later" not in estate.names(gid) for gid in ids)
+
+
+class TestLeaseAroundTheWrite:
+    """The lease outlives the write: renewed between the read and the PUT, waits bounded inside it."""
+
+    def test_the_lease_is_renewed_between_the_read_and_the_put(self, estate, monkeypatch):
+        """Read, renew, PUT -- in that order, on the event path."""
+        engine = estate.engine()
+        group = estate.group("payments-kv", [])
+        estate.link(engine, group)
+        steps = []
+
+        def step(name, call):
+            def recorded(*args, **kwargs):
+                steps.append(name)
+                return call(*args, **kwargs)
+
+            return recorded
+
+        monkeypatch.setattr(engine.devops, "get_group", step("read", engine.devops.get_group))
+        monkeypatch.setattr(engine.registry, "refresh", step("renew", engine.registry.refresh))
+        monkeypatch.setattr(engine.devops, "update_group", step("put", engine.devops.update_group))
+
+        engine.handle_event(new_secret(estate, "api-key"))
+
+        assert steps == ["read", "renew", "put"]
+        assert estate.names(group) == ["api-key"]
+
+    def test_a_lease_lost_before_the_put_means_no_put(self, estate, monkeypatch):
+        """If another instance took the lease over while the group was being read, nothing is written
+        and the event fails for a retry; the new holder's lease is left alone."""
+        engine, other = estate.engine(), estate.engine()
+        group = estate.group("payments-kv", ["existing"])
+        link = estate.link(engine, group)
+        read = engine.devops.get_group
+        taken = []
+
+        def read_then_lose_the_lease(*args, **kwargs):
+            as_read = read(*args, **kwargs)
+            # The lease expired meanwhile (its row is gone) and another instance took it.
+            engine.registry._table(LEASES_TABLE).delete_entity(link.key.lease_partition, link.key.lease_row)
+            taken.append(other.registry.try_acquire(link.key))
+            return as_read
+
+        monkeypatch.setattr(engine.devops, "get_group", read_then_lose_the_lease)
+
+        with pytest.raises(TransientError):
+            engine.handle_event(new_secret(estate, "api-key"))
+
+        assert estate.ado.writes(estate.org) == []
+        assert taken[0] is not None and other.registry.release(taken[0]) is True
+
+    def test_devops_slowed_past_the_lease_loses_no_name(self, estate, fake_time, monkeypatch):
+        """A's read takes longer than its lease while B waits for it: B takes over after expiry and writes;
+        A finds its lease gone and writes nothing (no stale PUT over B's); redelivered, A's name lands too."""
+        b_waiting, go = threading.Event(), threading.Event()
+
+        def b_sleep(seconds: float) -> None:
+            b_waiting.set()  # B has queued its secret and poked A
+            assert go.wait(60)
+            fake_time.advance(seconds)  # B's polls are what move time on while A is stuck
+
+        a = estate.engine(lease_seconds=10.0, clock=fake_time.clock())
+        b = estate.engine(lease_seconds=10.0, clock=fake_time.clock(sleep=b_sleep))
+        group = estate.group("payments-kv", ["existing"])
+        estate.link(a, group)
+        from_a, from_b = new_secret(estate, "from-a"), new_secret(estate, "from-b")
+        read = a.devops.get_group
+        b_results = []
+
+        def slow_read(*args, **kwargs):
+            as_read = read(*args, **kwargs)
+            if not b_results:  # Azure DevOps is slow to answer A, past its lease, while B waits
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    waiter = pool.submit(b.handle_event, from_b)
+                    assert b_waiting.wait(60)
+                    go.set()
+                    b_results.append(waiter.result(timeout=60))
+            return as_read
+
+        monkeypatch.setattr(a.devops, "get_group", slow_read)
+
+        with pytest.raises(TransientError):
+            a.handle_event(from_a)
+
+        assert [g.status for g in b_results[0].groups] == ["applied"]
+        assert estate.names(group) == ["existing", "from-b"]
+        assert len(estate.ado.writes(estate.org, group)) == 1  # B's; A's stale PUT never happened
+        a.handle_event(from_a)  # Event Grid redelivers
+        assert estate.names(group) == ["existing", "from-a", "from-b"]
+
+    def test_a_retry_after_longer_than_the_lease_allows_fails_at_once(self, estate):
+        """A 429 whose Retry-After would outlast the lease is not waited out: the event fails for a retry."""
+        engine = estate.engine(lease_seconds=10.0)  # a write may take 7.5 s
+        group = estate.group("payments-kv", [])
+        estate.link(engine, group)
+        estate.ado.inject(429, method="PUT", retry_after=8.0)
+
+        with pytest.raises(TransientError, match="429"):
+            engine.handle_event(new_secret(estate, "api-key"))
+
+        assert [c.status for c in estate.ado.writes(estate.org)] == [429]
+        assert estate.names(group) == []
+        engine.handle_event(new_secret(estate, "api-key"))  # the lease was released: the retry lands
+        assert estate.names(group) == ["api-key"]
