@@ -265,6 +265,8 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(json.dumps(report.as_json(), indent=2), file=out)
     else:
         _findings_table(report, out)
+    if report.store_error:
+        print(f"warning: the report could not be stored: {report.store_error}", file=err)
     if args.html:
         from .app import report_page
 
