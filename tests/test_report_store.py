@@ -214,3 +214,17 @@ def test_plan_text_keeps_small_plans_whole():
     assert json.loads(plan_text(Plan(remove=("a", "b")))) == {"add": [], "remove": ["a", "b"], "unchanged": 0}
     cut = json.loads(plan_text(Plan(remove=tuple(f"n{i}" for i in range(25))), keep=3))
     assert cut["remove"] == ["n0", "n1", "n2", "... and 22 more"]
+
+
+def test_cli_says_when_the_report_was_not_stored(estate, app_engine, monkeypatch):
+    """`audit --json` still prints the report, with reportStored false, and warns on stderr."""
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("storage refused")
+
+    monkeypatch.setattr(app_engine.registry, "save_report", refuse)
+    out, err = io.StringIO(), io.StringIO()
+    assert cli_main(["audit", "--json"], out=out, err=err) == 0
+    printed = json.loads(out.getvalue())
+    assert printed["reportStored"] is False and printed["reportError"] == "RuntimeError: storage refused"
+    assert "warning: the report could not be stored: RuntimeError: storage refused" in err.getvalue()
