@@ -152,7 +152,9 @@ class TestDemoWithoutStandIns:
         """No standins package (an installed kvlink): exit 1 naming the stand-ins and where they come from."""
         import sys
 
-        monkeypatch.setitem(sys.modules, "standins", None)  # makes `import standins...` fail
+        # None in sys.modules makes an import fail; the demo module itself may be loaded already.
+        monkeypatch.setitem(sys.modules, "standins", None)
+        monkeypatch.setitem(sys.modules, "standins.demo", None)
         code, err = self.demo()
         assert code == 1
         assert "the demo needs the stand-ins from the kvlink repository (standins/)" in err
