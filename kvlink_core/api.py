@@ -199,7 +199,13 @@ def error_response(err: KvLinkError) -> ApiResponse:
         return _error(502, "UpstreamRejected", str(err))
     if isinstance(err, ConfigError):
         logger.error("%s", err)
-        return _error(500, "ConfigurationError", "kvlink's settings are invalid; see the function logs")
+        names = ", ".join(err.settings) or "see the function logs"
+        return _error(
+            500,
+            "ConfigurationError",
+            f"kvlink's settings are invalid ({names}); the function logs say why",
+            details={"settings": list(err.settings)},
+        )
     return _error(500, "InternalError", str(err))
 
 

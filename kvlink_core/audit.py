@@ -38,6 +38,7 @@ Severity = Literal["error", "warning", "info"]
 Progress = Callable[[int, int], None]  # (groups done, groups found so far)
 _SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
 GROUP_NAMES_KEPT = 50  # names stored per group in a report: enough to recognise a group, small enough for a row
+PLAN_NAMES_KEPT = 20  # names per list of a refused plan in its finding; the rest are counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,8 @@ class AuditReport:
     findings: list[Finding] = field(default_factory=list)
     unreached: list[str] = field(default_factory=list)
     groups: list[dict[str, Any]] = field(default_factory=list)  # one compact summary per audited group
+    stored: str | None = None  # the run id the report was stored under
+    store_error: str | None = None  # why it could not be stored
 
     @property
     def open_findings(self) -> list[Finding]:
@@ -122,10 +125,18 @@ class AuditReport:
             "driftRemains": self.drift_remains,
         }
 
+    def storage(self) -> dict[str, Any]:
+        """Whether the report was stored, and under which run id (or why not)."""
+        stored: dict[str, Any] = {"run": self.stored, "reportStored": self.stored is not None}
+        if self.store_error:
+            stored["reportError"] = self.store_error
+        return stored
+
     def as_json(self) -> dict[str, Any]:
         # "auditedGroups", not "groups": the summary's "groups" holds the counts API clients read.
         return {
             **self.summary(),
+            **self.storage(),
             "findings": [f.as_json() for f in self.findings],
             "auditedGroups": list(self.groups),
         }
@@ -219,6 +230,19 @@ def group_summary(link: Link, names: Iterable[str], outcome: str, *, ignored: bo
         "names": mapped[:GROUP_NAMES_KEPT],
         "outcome": outcome,
     }
+
+
+def plan_text(plan: Plan, *, keep: int = PLAN_NAMES_KEPT) -> str:
+    """A plan as JSON for a finding, each list cut to its first ``keep`` names plus "... and N more".
+
+    A refused plan can name thousands of secrets: in full it would outgrow a Table property.
+    """
+
+    def cut(names: list[str]) -> list[str]:
+        return names if len(names) <= keep else [*names[:keep], f"... and {len(names) - keep} more"]
+
+    whole = plan.as_dict()
+    return json.dumps({**whole, "add": cut(whole["add"]), "remove": cut(whole["remove"])})
 
 
 def policy_summary(link: Link, *, ignored: bool = False) -> str:
@@ -462,7 +486,7 @@ class _Run:
                     link,
                     "error",
                     "sync-refused",
-                    f"{outcome.message}; plan {json.dumps(plan.as_dict())}",
+                    f"{outcome.message}; plan {plan_text(plan)}",
                 )
             )
         elif outcome.status == "unchanged":  # brought in step by hand since the listing: no drift left
@@ -646,11 +670,22 @@ def run_audit(
     dry_run = dry_run or engine.settings.mode == "report"
     report = _Run(engine, dry_run=dry_run, progress=progress).run()
     summary = report.summary()
-    logger.info("kvlink audit %s", json.dumps(summary, sort_keys=True))
     if store:
-        engine.registry.save_report(summary, [f.as_json() for f in report.findings], report.groups)
-    engine.notifier.audit_completed(summary)
+        _store(engine, report, summary)
+    announced = {**summary, **report.storage()}
+    logger.info("kvlink audit %s", json.dumps(announced, sort_keys=True))
+    engine.notifier.audit_completed(announced)
     return report
+
+
+def _store(engine: Engine, report: AuditReport, summary: Mapping[str, Any]) -> None:
+    """Store the report; a failure is recorded on it, never raised: the audit's repairs are done,
+    and its log line and notification are what tell people about them."""
+    try:
+        report.stored = engine.registry.save_report(summary, [f.as_json() for f in report.findings], report.groups)
+    except Exception as err:
+        report.store_error = f"{type(err).__name__}: {err}"[:500]
+        logger.exception("The audit report could not be stored: %s", report.store_error)
 
 
 __all__ = ["AuditReport", "Finding", "group_findings", "run_audit"]

@@ -265,6 +265,8 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(json.dumps(report.as_json(), indent=2), file=out)
     else:
         _findings_table(report, out)
+    if report.store_error:
+        print(f"warning: the report could not be stored: {report.store_error}", file=err)
     if args.html:
         from .app import report_page
 
@@ -319,9 +321,22 @@ def _tag(text: str) -> tuple[str, str | None]:
 
 
 def _demo(err: TextIO) -> int:
+    # Imported here, never at the top: kvlink_core must work where the stand-ins are not installed.
     try:
         from standins.demo import run
-    except ImportError:
-        print("The demo needs a development checkout with its tools: run `make demo`.", file=err)
+    except ImportError as missing:
+        name = missing.name or "a module"
+        if name == "standins" or name.startswith("standins."):
+            print(
+                "error: the demo needs the stand-ins from the kvlink repository (standins/), which are not "
+                "installed here; run it from a checkout of the repository: `make demo`",
+                file=err,
+            )
+        else:
+            print(
+                f"error: the demo's stand-ins need {name}, which is not installed; "
+                "run `make setup` (it installs requirements-dev.txt)",
+                file=err,
+            )
         return EXIT_ERROR
     return run()

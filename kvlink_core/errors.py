@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -15,6 +16,15 @@ class ConfigError(KvLinkError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = tuple(problems)
         super().__init__("invalid kvlink settings:\n  - " + "\n  - ".join(problems))
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        """The names of the settings at fault, never their values: safe to show a caller.
+
+        Every problem starts with the name of its setting.
+        """
+        found = (re.match(r"[A-Za-z_][A-Za-z0-9_]*", problem) for problem in self.problems)
+        return tuple(dict.fromkeys(match.group() for match in found if match))
 
 
 class InvalidEventError(KvLinkError):

@@ -17,6 +17,7 @@ This is the only module that imports ``azure.data.tables``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -48,6 +49,9 @@ WORK_TABLE = "kvlinkvaultwork"
 AUDIT_TABLE = "kvlinkaudit"
 KEEP_RUNS = 30
 _BATCH = 100  # entities per Table transaction
+_BATCH_BYTES = 3 * 1024 * 1024  # a transaction's estimated size; the limit is 4 MiB
+_PART_CHARS = 30_000  # characters per report property: 60 KB in UTF-16, under the 64 KiB limit
+_PARTS_PER_ROW = 15  # report properties per entity: 900 KB, under the 1 MiB limit
 _LOOK_UP = object()  # save_link: find the previous link first
 
 
@@ -399,30 +403,36 @@ class Registry:
         """Store one audit run (summary, findings, per-group summaries) and keep only the newest runs.
 
         Group rows share the findings' partition (row keys ``g000000``...), so reading a run and
-        pruning it stay one partition query each.
+        pruning it stay one partition query each. Each value is stored as JSON cut into parts that
+        fit Table storage's limits (see :func:`_pack`); the run's own row is written last, so a
+        reader never sees a run whose rows are not all there.
         """
         table = self._table(AUDIT_TABLE)
         run = _run_key(datetime.now(UTC))
-        rows = [
-            {"PartitionKey": f"findings|{run}", "RowKey": f"{i:06d}", "Finding": json.dumps(f)}
-            for i, f in enumerate(findings)
-        ]
-        rows += [
-            {"PartitionKey": f"findings|{run}", "RowKey": f"g{i:06d}", "Group": json.dumps(g)}
-            for i, g in enumerate(groups or [])
-        ]
-        with _storage("save audit findings"):
-            _in_batches(table, [("create", e) for e in rows])
-        with _storage("save audit summary"):
-            table.create_entity(
-                {
-                    "PartitionKey": "run",
-                    "RowKey": run,
-                    "Summary": json.dumps(summary),
-                    "Findings": len(findings),
-                    "Groups": len(groups or []),
-                }
-            )
+        partition = f"findings|{run}"
+        rows: list[dict[str, Any]] = []
+        for prefix, name, values in (("", "Finding", findings), ("g", "Group", groups or [])):
+            for i, value in enumerate(values):
+                rows += _report_rows(partition, f"{prefix}{i:06d}", name, value)
+        head, *more = _pack("Summary", summary)  # what the run's row cannot hold goes beside the findings
+        rows += [{"PartitionKey": partition, "RowKey": f"s.{n:04d}", **part} for n, part in enumerate(more, 1)]
+        try:
+            with _storage("save audit findings"):
+                _in_report_transactions(table, rows)
+            with _storage("save audit summary"):
+                table.create_entity(
+                    {
+                        "PartitionKey": "run",
+                        "RowKey": run,
+                        **head,
+                        "SummaryRows": len(more),
+                        "Findings": len(findings),
+                        "Groups": len(groups or []),
+                    }
+                )
+        except Exception:
+            self._forget_rows(table, partition)
+            raise
         self._prune_reports(table)
         return run
 
@@ -433,15 +443,20 @@ class Registry:
             return None
         run = runs[0]
         table = self._table(AUDIT_TABLE)
-        findings: list[dict[str, Any]] = []
-        groups: list[dict[str, Any]] = []
+        parts: dict[str, list[str]] = {}  # row key of a value's first row -> its JSON parts, in order
+        kinds: dict[str, str] = {}
         with _storage("read audit findings"):
-            # Row keys sort, so findings come back in the audit's order (severity first).
+            # Row keys sort, so findings come back in the audit's order (severity first), each
+            # value's continuation rows ("000007.0001") right after its first row.
             for e in table.query_entities("PartitionKey eq @pk", parameters={"pk": f"findings|{run['run']}"}):
-                if "Group" in e:
-                    groups.append(json.loads(e["Group"]))
-                else:
-                    findings.append(json.loads(e["Finding"]))
+                key = e["RowKey"].partition(".")[0]
+                for name in ("Finding", "Group"):
+                    if name in e:
+                        kinds[key] = name
+                        parts.setdefault(key, []).append(_joined(e, name))
+        values = {key: json.loads("".join(texts)) for key, texts in parts.items()}
+        findings = [value for key, value in values.items() if kinds[key] == "Finding"]
+        groups = [value for key, value in values.items() if kinds[key] == "Group"]
         return {**run, "findings": findings, "auditedGroups": groups}
 
     def report_history(self, *, limit: int = KEEP_RUNS) -> list[dict[str, Any]]:
@@ -451,24 +466,47 @@ class Registry:
             entities = table.query_entities("PartitionKey eq 'run'", results_per_page=limit)
             runs = []
             for entity in entities:
-                runs.append({"run": entity["RowKey"], **json.loads(entity["Summary"])})
+                text = _joined(entity, "Summary")
+                if entity.get("SummaryRows"):  # a summary too big for one row continues beside the findings
+                    more = table.query_entities(
+                        "PartitionKey eq @pk and RowKey gt 's' and RowKey lt 't'",
+                        parameters={"pk": f"findings|{entity['RowKey']}"},
+                    )
+                    text += "".join(_joined(e, "Summary") for e in more)
+                runs.append({"run": entity["RowKey"], **json.loads(text)})
                 if len(runs) >= limit:
                     break
         return runs
 
     def _prune_reports(self, table: TableClient) -> None:
         with _storage("prune audit runs"):
-            old = [e["RowKey"] for e in table.query_entities("PartitionKey eq 'run'", select=["RowKey"])][KEEP_RUNS:]
-            for run in old:
-                findings = table.query_entities(
-                    "PartitionKey eq @pk",
-                    parameters={"pk": f"findings|{run}"},
-                    select=["PartitionKey", "RowKey"],
-                )
-                _in_batches(
-                    table, [("delete", {"PartitionKey": f"findings|{run}", "RowKey": e["RowKey"]}) for e in findings]
-                )
+            runs = [e["RowKey"] for e in table.query_entities("PartitionKey eq 'run'", select=["RowKey"])]
+            if len(runs) < KEEP_RUNS:
+                return
+            for run in runs[KEEP_RUNS:]:
                 table.delete_entity("run", run)
+            # Newer runs have smaller keys: every findings partition after the oldest run kept is
+            # a pruned run's, or one a failed save left behind.
+            stale = table.query_entities(
+                "PartitionKey gt @low and PartitionKey lt @high",
+                parameters={"low": f"findings|{runs[KEEP_RUNS - 1]}", "high": "findings|~"},
+                select=["PartitionKey", "RowKey"],
+            )
+            by_partition: dict[str, list[Any]] = {}
+            for e in stale:
+                by_partition.setdefault(e["PartitionKey"], []).append(("delete", dict(e)))
+            for operations in by_partition.values():
+                _in_batches(table, operations)
+
+    def _forget_rows(self, table: TableClient, partition: str) -> None:
+        """Best effort after a failed save: remove the rows already written (pruning catches any left)."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"])
+            _in_batches(table, [("delete", {"PartitionKey": partition, "RowKey": e["RowKey"]}) for e in rows])
+        except AzureError as err:
+            logger.warning("Could not remove the rows of an audit report that failed to save: %s", type(err).__name__)
 
     # -- vault work (diagnostic-log path) -------------------------------------------------
     def add_vault_work(self, vault: str, names: Iterable[str]) -> None:
@@ -676,6 +714,55 @@ def _observation_from(entity: Mapping[str, Any]) -> Observation:
 def _expired(lease: Mapping[str, Any], now: datetime) -> bool:
     expires = parse_timestamp(lease.get("ExpiresAt"))
     return expires is None or expires <= now
+
+
+def _pack(name: str, value: Any) -> list[dict[str, str]]:
+    """``value`` as JSON in properties ``name``, ``name_1``... of one or more rows.
+
+    A property holds at most 64 KiB (32K UTF-16 units) and an entity 1 MiB. ``json.dumps``
+    escapes every non-ASCII character, so one character is one UTF-16 unit.
+    """
+    text = json.dumps(value)
+    parts = [text[i : i + _PART_CHARS] for i in range(0, len(text), _PART_CHARS)]
+    return [
+        {(name if n == 0 else f"{name}_{n}"): part for n, part in enumerate(parts[i : i + _PARTS_PER_ROW])}
+        for i in range(0, len(parts), _PARTS_PER_ROW)
+    ]
+
+
+def _report_rows(partition: str, key: str, name: str, value: Any) -> list[dict[str, Any]]:
+    """The rows of one stored value: ``key``, then ``key.0001``... (they sort right after it)."""
+    return [
+        {"PartitionKey": partition, "RowKey": key if n == 0 else f"{key}.{n:04d}", **properties}
+        for n, properties in enumerate(_pack(name, value))
+    ]
+
+
+def _joined(entity: Mapping[str, Any], name: str) -> str:
+    """The JSON text a row holds in ``name``, ``name_1``... (one property in reports stored before parts)."""
+    parts: list[str] = []
+    for n in itertools.count():
+        part = entity.get(name if n == 0 else f"{name}_{n}")
+        if part is None:
+            return "".join(parts)
+        parts.append(part)
+    raise AssertionError("unreachable")
+
+
+def _in_report_transactions(table: TableClient, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Create rows of one partition in transactions within both limits: 100 entities and 4 MiB."""
+    batch: list[Any] = []
+    size = 0
+    for row in rows:
+        # On the wire, JSON escaping can double a string (quotes, backslashes): count it twice.
+        row_size = 1024 + sum(2 * len(v) for v in row.values() if isinstance(v, str))
+        if batch and (len(batch) == _BATCH or size + row_size > _BATCH_BYTES):
+            table.submit_transaction(batch)
+            batch, size = [], 0
+        batch.append(("create", row))
+        size += row_size
+    if batch:
+        table.submit_transaction(batch)
 
 
 def _in_batches(table: TableClient, operations: Sequence[Any]) -> None:

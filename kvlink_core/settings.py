@@ -19,6 +19,9 @@ from .names import check_organization, check_project, check_vault
 DEFAULT_DEVOPS_URL = "https://dev.azure.com"
 DEFAULT_VAULT_URL = "https://{vault}.vault.azure.net"
 DEVELOPMENT_STORAGE = "UseDevelopmentStorage=true"
+# Set by the Functions platform, never by Core Tools (`func start`). App Service plans set
+# WEBSITE_INSTANCE_ID; Flex and Linux Consumption do not, but set the other three.
+HOSTING_VARIABLES = ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME", "CONTAINER_NAME", "WEBSITE_SKU")
 
 Mode = Literal["apply", "report"]
 
@@ -81,12 +84,13 @@ class Settings:
         if mode not in ("apply", "report"):
             problems.append(f"KVLINK_MODE must be 'apply' or 'report', not {mode!r}")
 
-        running_in_azure = get("WEBSITE_INSTANCE_ID") is not None
+        hosting = [name for name in HOSTING_VARIABLES if get(name) is not None]
+        running_in_azure = bool(hosting)
         emulator = _flag(get("KVLINK_EMULATOR"), "KVLINK_EMULATOR", problems)
         if emulator and running_in_azure:
             problems.append(
-                "KVLINK_EMULATOR=1 is refused when running in Azure (WEBSITE_INSTANCE_ID is set): "
-                "it disables token checks meant only for local stand-ins"
+                f"KVLINK_EMULATOR=1 is refused when running in Azure ({', '.join(hosting)} set): "
+                "it sends a fixed token and skips the challenge-resource check, meant only for local stand-ins"
             )
 
         devops_url = (get("KVLINK_DEVOPS_URL") or DEFAULT_DEVOPS_URL).rstrip("/")

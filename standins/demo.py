@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kvlink_core.settings import HOSTING_VARIABLES
+
 from .azurite import Azurite
 from .devops import DevOpsStandIn
 from .events import as_trigger_input, secret_event
@@ -58,6 +60,9 @@ def run(write: Callable[[str], None] = print, *, report_path: Path | None = None
                 "KVLINK_VAULT_URL": kv.vault_url_template,
                 "KVLINK_CA_BUNDLE": str(ca.bundle_path),
                 "KVLINK_EMULATOR": "1",
+                # Blank (unset, to kvlink): every endpoint is one of the demo's own loopback stand-ins,
+                # and container runtimes set CONTAINER_NAME on laptops and CI runners too.
+                **dict.fromkeys(HOSTING_VARIABLES, ""),
             }
             saved = {k: os.environ.get(k) for k in env}
             os.environ.update(env)

@@ -21,7 +21,7 @@ from kvlink_core.devops import DevOps
 from kvlink_core.keyvault import KeyVault
 from kvlink_core.model import Clock, Link, Policy
 from kvlink_core.registry import Registry
-from kvlink_core.settings import Settings
+from kvlink_core.settings import HOSTING_VARIABLES, Settings
 from kvlink_core.sync import Engine
 from standins.azurite import Azurite
 from standins.devops import DevOpsStandIn
@@ -98,10 +98,18 @@ def registered() -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _fresh_process_state() -> Iterator[None]:
-    """Cached settings/engine never leak between tests; retries do not sleep for real."""
-    kvlink_app.reset()
-    yield
-    kvlink_app.reset()
+    """Cached settings/engine never leak between tests; retries do not sleep for real.
+
+    The hosting variables are cleared because they refuse KVLINK_EMULATOR=1, and the machine
+    running the tests may set one itself (container runtimes often set CONTAINER_NAME).
+    """
+    # Its own MonkeyPatch: the test's is undone before this teardown, with get_engine restored.
+    with pytest.MonkeyPatch.context() as patch:
+        for name in HOSTING_VARIABLES:
+            patch.delenv(name, raising=False)
+        kvlink_app.reset()
+        yield
+        kvlink_app.reset()
 
 
 class TableCalls:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,52 @@ def test_bad_settings_exit_1(monkeypatch):
     out, err = io.StringIO(), io.StringIO()
     assert main(["links"], out=out, err=err) == 1
     assert "KVLINK_DEVOPS_ORGS" in err.getvalue() and "KVLINK_ALLOWED_VAULTS" in err.getvalue()
+
+
+class TestDemoWithoutStandIns:
+    """The core never needs the stand-ins; only the demo verb does, and it says so when they are missing."""
+
+    def demo(self) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(["demo"], out=out, err=err)
+        return code, err.getvalue()
+
+    def test_missing_stand_ins(self, monkeypatch):
+        """No standins package (an installed kvlink): exit 1 naming the stand-ins and where they come from."""
+        import sys
+
+        # None in sys.modules makes an import fail; the demo module itself may be loaded already.
+        monkeypatch.setitem(sys.modules, "standins", None)
+        monkeypatch.setitem(sys.modules, "standins.demo", None)
+        code, err = self.demo()
+        assert code == 1
+        assert "the demo needs the stand-ins from the kvlink repository (standins/)" in err
+        assert "Traceback" not in err
+
+    def test_missing_stand_in_dependency(self, monkeypatch):
+        """The stand-ins are there but a development dependency is not: exit 1 naming it."""
+        import sys
+
+        for name in [m for m in sys.modules if m == "standins.demo" or m == "standins.tls"]:
+            monkeypatch.delitem(sys.modules, name)
+        monkeypatch.setitem(sys.modules, "trustme", None)
+        code, err = self.demo()
+        assert code == 1
+        assert "need trustme, which is not installed" in err and "make setup" in err
+
+
+def test_core_and_function_app_never_import_the_stand_ins():
+    """Importing every kvlink_core module and function_app loads nothing from standins/."""
+    import subprocess
+    import sys
+
+    script = (
+        "import importlib, pkgutil, sys, kvlink_core, function_app\n"
+        "for m in pkgutil.iter_modules(kvlink_core.__path__):\n"
+        "    if m.name != '__main__':  # it runs the CLI\n"
+        "        importlib.import_module('kvlink_core.' + m.name)\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] == 'standins'))\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=repo)
+    assert result.stdout.strip() == "[]"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from standins.demo import run
@@ -9,11 +11,14 @@ from standins.demo import run
 pytestmark = pytest.mark.integration
 
 
-def test_demo_succeeds(tmp_path):
-    """The demo links a group, applies new secrets and a deletion, exits 0, and writes the report page."""
+def test_demo_succeeds(tmp_path, monkeypatch):
+    """The demo links a group, applies new secrets and a deletion, exits 0, and writes the report page --
+    also in a container that sets CONTAINER_NAME, which is left as it was."""
+    monkeypatch.setenv("CONTAINER_NAME", "dev-container")
     lines: list[str] = []
     page = tmp_path / "kvlink-report.html"
     assert run(lines.append, report_path=page) == 0
+    assert os.environ["CONTAINER_NAME"] == "dev-container"
     text = "\n".join(lines)
     assert "-> 201: created group 'payments-kv' with 2 names" in text
     assert "group: -api-key -smtp-password" in text

@@ -76,3 +76,92 @@ class TestOnSecretEvent:
         function_app.on_secret_event(as_trigger_input(secret_event(estate.vault, "api-key", version)))
         assert estate.env["AZURE_DEVOPS_PAT"] not in captured_logs.text
         assert "kvlink-emulator-token" not in captured_logs.text
+
+
+FLEX_CONSUMPTION = {"WEBSITE_SITE_NAME": "func-kvlink", "WEBSITE_SKU": "FlexConsumption", "CONTAINER_NAME": "c-1"}
+
+
+@pytest.fixture
+def outgoing(monkeypatch):
+    """Every request any Azure SDK client sends (Table storage included), counted at its transport."""
+    from azure.core.pipeline.transport import RequestsTransport
+
+    sent: list[str] = []
+    send = RequestsTransport.send
+
+    def counting(self, request, **kwargs):
+        sent.append(f"{request.method} {request.url}")
+        return send(self, request, **kwargs)
+
+    monkeypatch.setattr(RequestsTransport, "send", counting)
+    return sent
+
+
+@pytest.mark.integration
+class TestEmulatorRefusedOnFlexConsumption:
+    """Flex Consumption sets no WEBSITE_INSTANCE_ID: its own variables must still refuse KVLINK_EMULATOR=1."""
+
+    @pytest.fixture
+    def flex(self, estate, env_engine, monkeypatch, outgoing):
+        group = estate.group("payments-kv", ["db-password"])
+        estate.link(estate.engine(), group)  # a registry row, so a working app would have work to do
+        estate.kv.set_secret(estate.vault, "api-key")
+        estate.kv.reset_calls()
+        estate.ado.reset_calls()
+        outgoing.clear()
+        for key, value in FLEX_CONSUMPTION.items():
+            monkeypatch.setenv(key, value)
+        kvlink_app.reset()
+        yield group
+        assert estate.kv.calls == []
+        assert estate.ado.calls == []
+        assert outgoing == []  # Table storage, Key Vault and Event Grid clients alike
+        assert estate.names(group) == ["db-password"]
+
+    @pytest.mark.parametrize(
+        ("function", "method", "route", "body"),
+        [
+            (function_app.links, "GET", "links", None),
+            (function_app.links, "POST", "links", {"organization": "o", "project": "p", "group": "g", "vault": "v"}),
+            (function_app.sync, "POST", "sync", {"vault": "v"}),
+        ],
+        ids=["list-links", "link", "sync"],
+    )
+    def test_http_answers_a_configuration_error(self, estate, flex, function, method, route, body):
+        """The HTTP routes answer 500 ConfigurationError naming KVLINK_EMULATOR, and call nothing."""
+        import json
+
+        import azure.functions as func
+
+        if body and "vault" in body:
+            body["vault"] = estate.vault
+        req = func.HttpRequest(
+            method=method,
+            url=f"http://localhost/api/{route}",
+            body=json.dumps(body).encode() if body else b"",
+        )
+        response = function(req)
+        error = json.loads(response.get_body())["error"]
+        assert response.status_code == 500
+        assert error["code"] == "ConfigurationError"
+        assert error["settings"] == ["KVLINK_EMULATOR"]
+        assert "KVLINK_EMULATOR" in error["message"]
+
+    def test_health_says_misconfigured(self, flex):
+        """The anonymous health route says misconfigured (and, being anonymous, nothing more)."""
+        import json
+
+        import azure.functions as func
+
+        response = function_app.health(func.HttpRequest(method="GET", url="http://localhost/api/health", body=b""))
+        assert response.status_code == 503
+        assert json.loads(response.get_body())["status"] == "misconfigured"
+
+    def test_event_raises_the_configuration_error(self, estate, flex):
+        """A vault event raises the refusal (the host logs it; Event Grid redelivers once it is fixed)."""
+        from kvlink_core.errors import ConfigError
+
+        event = as_trigger_input(secret_event(estate.vault, "api-key"))
+        with pytest.raises(ConfigError, match="refused when running in Azure") as info:
+            function_app.on_secret_event(event)
+        assert all(name in str(info.value) for name in FLEX_CONSUMPTION)

@@ -1,4 +1,8 @@
-"""Secrecy: no path reads a secret value, and no credential reaches a log line or an error body."""
+"""Secrecy: no path reads a secret value, and no credential reaches a log line, an error body or the CLI's output.
+
+The forbidden patterns are derived from the Authorization headers the stand-ins actually
+received, so each of them is known to be a real credential that could leak.
+"""
 
 from __future__ import annotations
 
@@ -21,16 +25,43 @@ from standins.logs import envelopes
 pytestmark = pytest.mark.integration
 
 
-def forbidden(estate) -> list[str]:
-    pat = estate.env["AZURE_DEVOPS_PAT"]
-    return [pat, base64.b64encode(f":{pat}".encode()).decode(), EMULATOR_TOKEN, "Bearer ey", "Basic Ok"]
+def received_authorization(server, monkeypatch) -> list[str]:
+    """The Authorization header values ``server`` receives from now on (its call log keeps only the scheme)."""
+    received: list[str] = []
+    dispatch = server._dispatch
+
+    def spying(handler):
+        if value := handler.headers.get("Authorization"):
+            received.append(value)
+        dispatch(handler)
+
+    monkeypatch.setattr(server, "_dispatch", spying)
+    return received
 
 
-def test_every_path_keeps_credentials_out_of_logs_and_bodies(estate, app_engine, monkeypatch, caplog):
+def credentials_in(headers: list[str]) -> set[str]:
+    """Every form of each credential sent: the header value, its credential part and, for Basic, the PAT."""
+    patterns: set[str] = set()
+    for header in headers:
+        scheme, _, credential = header.partition(" ")
+        patterns |= {header, credential}
+        if scheme == "Basic":
+            patterns.add(base64.b64decode(credential).decode().partition(":")[2])
+    return {p for p in patterns if len(p) >= 8}
+
+
+def basic(pat: str) -> str:
+    return "Basic " + base64.b64encode(f":{pat}".encode()).decode()
+
+
+def test_every_path_keeps_credentials_out_of_logs_bodies_and_cli_output(estate, app_engine, monkeypatch, caplog):
     """Events, logs, links, syncs, the audit, the CLI and failures, all at DEBUG: no credential anywhere."""
     caplog.set_level(logging.DEBUG)  # the SDKs' HTTP logging included
     engine = app_engine
+    to_devops = received_authorization(estate.ado, monkeypatch)
+    to_vault = received_authorization(estate.kv, monkeypatch)
     bodies: list[str] = []
+    printed: list[str] = []
 
     def call(fn, method, route, payload=None):
         req = func.HttpRequest(
@@ -39,6 +70,12 @@ def test_every_path_keeps_credentials_out_of_logs_and_bodies(estate, app_engine,
             body=json.dumps(payload).encode() if payload is not None else b"",
         )
         bodies.append(fn(req).get_body().decode())
+
+    def cli(*argv: str) -> int:
+        out, err = io.StringIO(), io.StringIO()
+        code = cli_main(list(argv), out=out, err=err)
+        printed.extend([out.getvalue(), err.getvalue()])
+        return code
 
     estate.kv.set_secret(estate.vault, "db-password")
     link = {
@@ -55,20 +92,57 @@ def test_every_path_keeps_credentials_out_of_logs_and_bodies(estate, app_engine,
     function_app.on_vault_log([func.EventHubEvent(body=b) for b in envelopes(estate.kv.drain_audit_log())])
     call(function_app.sync, "POST", "sync", {"vault": estate.vault})
     run_audit(engine, store=False)
-    cli_main(["links", "--json"], out=io.StringIO(), err=io.StringIO())
-    # failures: rejected credentials, a throttled upstream, an unexpected error
-    estate.ado.unauthenticated_status = 401
-    bad = estate.engine(AZURE_DEVOPS_PAT="not-" + estate.env["AZURE_DEVOPS_PAT"])
+    where = ["--organization", estate.org, "--project", estate.project]
+    connection = ["--service-connection", "kv-connection"]
+    assert cli("link", *where, "--group", "cli-kv", "--vault", estate.vault, *connection) == 0
+    assert cli("sync", "--vault", estate.vault, "--json") == 0
+    assert cli("audit", "--json") in (0, 2)
+    assert cli("audit") in (0, 2)
+    assert cli("links") == 0
+    assert cli("links", "--json") == 0
+
+    # failures: rejected credentials, a throttled upstream, an unexpected error, unusable settings
+    bad_pat = "not-" + estate.env["AZURE_DEVOPS_PAT"]
+    bad = estate.engine(AZURE_DEVOPS_PAT=bad_pat)
     monkeypatch.setattr(kvlink_app, "get_engine", lambda: bad)
     call(function_app.links, "POST", "links", link)
+    assert cli("link", *where, "--group", "payments-kv", "--vault", estate.vault) == 1
+    assert cli("sync", "--vault", estate.vault) == 1
+    assert cli("audit", "--dry-run") == 2  # every project unreached
     monkeypatch.setattr(kvlink_app, "get_engine", lambda: engine)
     estate.ado.inject(429, retry_after=90, times=10)
     call(function_app.links, "POST", "links", link)
     estate.ado.clear_faults()
+    estate.ado.inject(429, retry_after=90, times=10)
+    assert cli("sync", "--vault", estate.vault) == 1
+    estate.ado.clear_faults()
+    estate.kv.inject(500, times=100)
+    assert cli("audit", "--json") == 2
+    estate.kv.clear_faults()
 
-    text = caplog.text + "\n".join(bodies)
-    assert "HTTP Request" in caplog.text or "Request URL" in caplog.text  # the HTTP logs were really captured
-    for secret in forbidden(estate):
-        assert secret not in text, f"{secret[:6]}... leaked"
-    assert "Traceback" not in "\n".join(bodies)
+    def boom(*args, **kwargs):
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(engine.devops, "list_groups", boom)
+    call(function_app.sync, "POST", "sync", {"vault": estate.vault})
+    monkeypatch.undo()  # the real get_engine, reading the environment below
+    for key, value in {**estate.env, "KVLINK_DEVOPS_URL": "http://insecure.example"}.items():
+        monkeypatch.setenv(key, value)
+    kvlink_app.reset()
+    assert cli("links") == 1
+    assert "KVLINK_DEVOPS_URL" in printed[-1]
+
+    # Each pattern is a credential that was really sent: the PAT (good and bad) and the emulator token.
+    pat = estate.env["AZURE_DEVOPS_PAT"]
+    assert basic(pat) in to_devops and basic(bad_pat) in to_devops
+    assert f"Bearer {EMULATOR_TOKEN}" in to_vault
+    patterns = credentials_in(to_devops + to_vault)
+    assert {pat, bad_pat, EMULATOR_TOKEN} <= patterns
+
+    logs = caplog.text
+    assert "HTTP Request" in logs or "Request URL" in logs  # the HTTP logs were really captured
+    for name, text in (("logs", logs), ("HTTP bodies", "\n".join(bodies)), ("CLI output", "\n".join(printed))):
+        for secret in patterns:
+            assert secret not in text, f"{secret[:6]}... leaked into the {name}"
+    assert "Traceback" not in "\n".join(bodies + printed)
     assert estate.kv.value_requests == []

@@ -60,10 +60,42 @@ class TestFromEnv:
         with pytest.raises(ConfigError, match="KVLINK_DEVOPS_ORGS"):
             Settings.from_env({**BASE, "KVLINK_DEVOPS_ORGS": orgs})
 
-    def test_emulator_refused_in_azure(self):
-        """KVLINK_EMULATOR=1 is refused when WEBSITE_INSTANCE_ID says we run in Azure."""
-        with pytest.raises(ConfigError, match="refused when running in Azure"):
-            Settings.from_env({**BASE, "KVLINK_EMULATOR": "1", "WEBSITE_INSTANCE_ID": "abc"})
+    @pytest.mark.parametrize(
+        "hosting",
+        [
+            {"WEBSITE_INSTANCE_ID": "abc"},  # App Service plans
+            {"WEBSITE_SITE_NAME": "func-kvlink"},  # Flex and Linux Consumption set these, not the instance id
+            {"CONTAINER_NAME": "func-kvlink-abc"},
+            {"WEBSITE_SKU": "FlexConsumption"},
+        ],
+        ids=lambda h: next(iter(h)),
+    )
+    def test_emulator_refused_in_azure(self, hosting):
+        """KVLINK_EMULATOR=1 is refused when any variable the Functions platform sets is present, named in the error."""
+        with pytest.raises(ConfigError, match="refused when running in Azure") as info:
+            Settings.from_env({**BASE, "KVLINK_EMULATOR": "1", **hosting})
+        assert next(iter(hosting)) in str(info.value)
+        assert info.value.settings == ("KVLINK_EMULATOR",)
+
+    def test_emulator_refusal_names_every_variable_seen(self):
+        """Flex Consumption's set: all three are named, and the one it does not set is not."""
+        flex = {"WEBSITE_SITE_NAME": "func-kvlink", "WEBSITE_SKU": "FlexConsumption", "CONTAINER_NAME": "c1"}
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({**BASE, "KVLINK_EMULATOR": "1", **flex})
+        text = str(info.value)
+        assert all(name in text for name in flex)
+        assert "WEBSITE_INSTANCE_ID" not in text
+
+    @pytest.mark.parametrize("value", ["", "  "])
+    def test_empty_hosting_variable_is_not_azure(self, value):
+        """An empty variable (a local.settings.json placeholder) does not count as hosted in Azure."""
+        settings = Settings.from_env({**BASE, "KVLINK_EMULATOR": "1", "WEBSITE_SITE_NAME": value})
+        assert settings.emulator and not settings.running_in_azure
+
+    def test_hosting_variables_alone_mean_azure(self):
+        """Without the emulator, the hosting variables only mark the process as running in Azure."""
+        settings = Settings.from_env({**BASE, "WEBSITE_SKU": "FlexConsumption"})
+        assert settings.running_in_azure and not settings.emulator
 
     def test_vault_template_needs_placeholder(self):
         """A vault URL template without {vault} cannot address more than one vault."""
