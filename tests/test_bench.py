@@ -103,3 +103,9 @@ def test_burst_settles_every_group(tmp_path):
     result = _bench("burst", tmp_path / "burst.json", "--secrets", "12", "--groups", "3", "--instances", "2")
     assert result["all_groups_right"]
     assert result["writes_per_group"]["max"] <= 20
+
+
+def test_cold_start_handles_one_event(tmp_path):
+    result = _bench("coldstart", tmp_path / "coldstart.json", "--runs", "1")
+    assert result["first_event"]["group_right"]
+    assert result["first_event_ms"] > result["import_function_app_ms"] > 0
