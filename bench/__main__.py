@@ -107,7 +107,22 @@ def audit_section(result: dict) -> list[str]:
         f"kvlink: Key Vault {pages} pages ({_versus(pages, bound['vault pages'])}), Azure DevOps {gets} GETs "
         f"({_versus(gets, bound['devops GET'])}) and {puts} PUTs ({_versus(puts, bound['writes'])}).",
     ]
+    kinds = ("project listing", "group listing", "service connections", "group read", "group PUT")
+    bound_kinds = ("project listings", "group listings", "service-connection checks", "reads under the lease", "writes")
+    lines += [
+        "",
+        "Azure DevOps calls by kind, as the stand-in saw them:",
+        "",
+        "| | project listings | group listings | service-connection checks | group reads | group writes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in (("kvlink audit", k), ("sequential, each vault listed once", s)):
+        if r is not None:
+            seen = r["end_state"]["standin_calls"].get("devops_by_kind", {})
+            lines.append(f"| {name} | " + " | ".join(str(seen.get(kind, 0)) for kind in kinds) + " |")
+    lines.append("| lower bound | " + " | ".join(str(bound[kind]) for kind in bound_kinds) + " |")
     if gets < bound["devops GET"]:
+        lines += [""]
         lines.append(
             f"Fewer GETs than the bound means groups were written without a read under the lease "
             f"({bound['devops GET'] - gets} missing): DESIGN.md decision 5 requires that read."

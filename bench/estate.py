@@ -188,8 +188,22 @@ def check(
         "max_writes_per_group": max(put_counts.values(), default=0),
         "standin_calls": {
             "devops": dict(Counter(c.method for c in ado.calls)),
+            "devops_by_kind": dict(Counter(_kind(c.method, c.path) for c in ado.calls)),
         },
     }
+
+
+def _kind(method: str, path: str) -> str:
+    """What an Azure DevOps call was for, from its method and path (the stand-in's view, not kvlink's)."""
+    if path.endswith("/_apis/projects"):
+        return "project listing"
+    if "/serviceendpoint/" in path:
+        return "service connections"
+    if "/distributedtask/variablegroups" in path:
+        if method != "GET":
+            return f"group {method}"
+        return "group read" if re.search(r"/variablegroups/\d+$", path) else "group listing"
+    return f"other {method}"
 
 
 def main() -> None:

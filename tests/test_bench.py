@@ -85,6 +85,17 @@ def test_audit_reads_each_written_group_under_its_lease(audit):
     assert audit["kvlink"]["calls"]["devops GET"] == audit["lower_bound"]["devops GET"]
 
 
+def test_audit_pages_through_both_platforms(tmp_path):
+    """110 groups in one project (two Azure DevOps pages at kvlink's size), 26 secrets a vault (two Key Vault pages)."""
+    shape = ["--groups", "110", "--projects", "1", "--vaults", "2", "--secrets", "52", "--drift", "0.3"]
+    result = _bench("audit_scale", tmp_path / "audit.json", *shape, "--latency", "0", "--skip-sequential")
+    end = result["kvlink"]["end_state"]
+    assert end["groups_checked"] == 110
+    assert end["groups_wrong"] == 0, end["wrong_examples"]
+    assert end["groups_written"] == end["groups_to_write"] == result["drift"]["must_write"] > 0
+    assert result["kvlink"]["calls"]["keyvault GET"] == result["lower_bound"]["vault pages"] == 2 * 2
+
+
 def test_calls_per_change_at_the_platform_minimum(tmp_path):
     rows = _bench("calls", tmp_path / "calls.json")
     by_change = {row["change"].split(",")[0]: row for row in rows}
