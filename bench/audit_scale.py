@@ -66,7 +66,7 @@ def run_baseline(kind: str) -> dict[str, Any]:
     from bench import baseline
 
     managed = {(org, int(gid)) for org, gid in json.loads(Path(os.environ["BENCH_MANAGED"]).read_text())}
-    limit = int(os.environ.get("BENCH_NAIVE_LIMIT", "0")) or None if kind == "naive" else None
+    limit = (int(os.environ.get("BENCH_NAIVE_LIMIT", "0")) or None) if kind == "naive" else None
     counter: Counter[str] = Counter()
     started = time.perf_counter()
     result = baseline.run(cached=kind == "sequential", managed=managed, counter=counter, limit=limit)
