@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from kvlink_core.settings import HOSTING_VARIABLES
 from standins.azurite import Azurite
 from standins.devops import DevOpsStandIn
 from standins.keyvault import KeyVaultStandIn
@@ -90,6 +91,7 @@ class Lab:
             "KVLINK_VAULT_URL": self.kv.vault_url_template,
             "KVLINK_CA_BUNDLE": str(ca.bundle_path),
             "KVLINK_EMULATOR": "1",
+            **dict.fromkeys(HOSTING_VARIABLES, ""),  # a container's CONTAINER_NAME would refuse the emulator
         }
 
     def close(self) -> None:

@@ -85,9 +85,11 @@ class Settings:
             problems.append(f"KVLINK_MODE must be 'apply' or 'report', not {mode!r}")
 
         hosting = [name for name in HOSTING_VARIABLES if get(name) is not None]
-        running_in_azure = bool(hosting)
+        # The credential choice trusts only the WEBSITE_* variables: container runtimes on laptops
+        # set CONTAINER_NAME too, and there DefaultAzureCredential (az login) is the right one.
+        running_in_azure = any(name.startswith("WEBSITE_") for name in hosting)
         emulator = _flag(get("KVLINK_EMULATOR"), "KVLINK_EMULATOR", problems)
-        if emulator and running_in_azure:
+        if emulator and hosting:
             problems.append(
                 f"KVLINK_EMULATOR=1 is refused when running in Azure ({', '.join(hosting)} set): "
                 "it sends a fixed token and skips the challenge-resource check, meant only for local stand-ins"

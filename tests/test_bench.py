@@ -1,51 +1,118 @@
-"""The audit benchmark's machinery, on a tiny estate: it runs, and kvlink makes exactly the lower-bound calls."""
+"""Each benchmark at tiny scale, so none can rot. Expected values come from the scenario, never from kvlink.
+
+The audit's expectations are the estate generator's record (which groups it drifted, what
+each must map) and arithmetic on the estate's shape; the calls benchmark's are its own
+scenario model; the burst's and cold start's are the names their events create.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
 
+# The tiny estate: 4 projects of 6 groups, 6 vaults of 50 secrets (two Key Vault pages each).
+GROUPS, VAULTS, SECRETS, PROJECTS = 24, 6, 300, 4
 
-def test_tiny_audit_benchmark(tmp_path):
-    """kvlink's audit and the sequential one agree on the repairs; kvlink lists each vault and project once."""
-    out = tmp_path / "audit.json"
+
+def _bench(module: str, out: Path, *args: str) -> Any:
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.audit_scale",
-            "--groups",
-            "24",
-            "--vaults",
-            "6",
-            "--secrets",
-            "300",
-            "--projects",
-            "4",
-            "--latency",
-            "0",
-            "--drift",
-            "0.5",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "-m", f"bench.{module}", "--out", str(out), *args],
         cwd=ROOT,
         check=True,
         capture_output=True,
     )
-    result = json.loads(out.read_text())
-    kvlink, sequential, bound = result["kvlink"], result["sequential"], result["lower_bound"]
-    assert kvlink["changed"] == sequential["changed"] > 0
-    assert kvlink["calls"]["keyvault GET"] == bound["vault pages"] == 6 * 2
-    assert kvlink["calls"]["devops PUT"] == bound["writes"] == kvlink["changed"]
-    # group listings + one project listing + one service-connection lookup per project,
-    # + one read under the lease of each group written (a PUT never starts from the listing)
-    assert kvlink["calls"]["devops GET"] == bound["group listings"] + 1 + 4 + bound["writes"]
-    assert kvlink["unreached"] == []
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def audit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "audit.json"
+    shape = ["--groups", str(GROUPS), "--vaults", str(VAULTS), "--secrets", str(SECRETS), "--projects", str(PROJECTS)]
+    return _bench("audit_scale", out, *shape, "--latency", "0", "--drift", "0.5", "--naive-sample", "0.25")
+
+
+@pytest.mark.parametrize("contender", ["kvlink", "sequential", "naive"])
+def test_audit_leaves_every_group_as_the_generator_says(audit, contender):
+    """After the audit each group maps exactly what the generator recorded, and only the drifted ones were written."""
+    drift, end = audit["drift"], audit[contender]["end_state"]
+    assert drift["must_write"] > 0
+    assert drift.get("discovered-lacks-secret", 0) > 0  # drift that must be left alone is part of the estate
+    assert end["groups_wrong"] == 0, end["wrong_examples"]
+    assert end["groups_written"] == end["groups_to_write"]
+    assert end["written_not_drifted"] == []
+    assert end["max_writes_per_group"] <= 1
+    if contender != "naive":  # the sampled audit reaches only some groups
+        assert end["groups_checked"] == GROUPS
+        assert end["groups_to_write"] == drift["must_write"]
+
+
+def test_audit_lists_each_vault_once_and_writes_only_drifted_groups(audit):
+    pages_per_vault = math.ceil(SECRETS / VAULTS / 25)
+    for contender in ("kvlink", "sequential"):
+        calls = audit[contender]["calls"]
+        assert calls["keyvault GET"] == VAULTS * pages_per_vault == audit["lower_bound"]["vault pages"]
+        assert calls["devops PUT"] == audit["drift"]["must_write"]
+    assert audit["kvlink"]["unreached"] == []
+    # the straightforward audit lists a vault for every group it reaches
+    naive = audit["naive"]
+    assert naive["end_state"]["standin_calls"]["keyvault"]["GET"] == naive["measured_on_groups"] * pages_per_vault
+
+
+def test_audit_lower_bound_comes_from_the_shape(audit):
+    bound, drifted = audit["lower_bound"], audit["drift"]["must_write"]
+    assert bound["project listings"] == 1
+    assert bound["group listings"] == bound["service-connection checks"] == PROJECTS
+    assert bound["reads under the lease"] == bound["writes"] == drifted
+    assert bound["devops GET"] == 1 + PROJECTS + PROJECTS + drifted
+    # the hand-written sequential audit makes exactly the platform's calls (it has no findings to check)
+    assert audit["sequential"]["calls"]["devops GET"] == 1 + PROJECTS + drifted
+
+
+def test_audit_reads_each_written_group_under_its_lease(audit):
+    assert audit["kvlink"]["calls"]["devops GET"] == audit["lower_bound"]["devops GET"]
+
+
+def test_audit_pages_through_both_platforms(tmp_path):
+    """110 groups in one project (two Azure DevOps pages at kvlink's size), 26 secrets a vault (two Key Vault pages)."""
+    shape = ["--groups", "110", "--projects", "1", "--vaults", "2", "--secrets", "52", "--drift", "0.3"]
+    result = _bench("audit_scale", tmp_path / "audit.json", *shape, "--latency", "0", "--skip-sequential")
+    end = result["kvlink"]["end_state"]
+    assert end["groups_checked"] == 110
+    assert end["groups_wrong"] == 0, end["wrong_examples"]
+    assert end["groups_written"] == end["groups_to_write"] == result["drift"]["must_write"] > 0
+    assert result["kvlink"]["calls"]["keyvault GET"] == result["lower_bound"]["vault pages"] == 2 * 2
+
+
+def test_calls_per_change_at_the_platform_minimum(tmp_path):
+    rows = _bench("calls", tmp_path / "calls.json")
+    by_change = {row["change"].split(",")[0]: row for row in rows}
+    # what the scenario itself does: 40 secrets (2 pages), 3 linked groups, then a created one
+    assert by_change["new secret (Event Grid)"]["minimum"]["devops"] == 3 * 2
+    assert by_change["new version of a mapped secret"]["minimum"]["devops"] == 3
+    assert by_change["link"]["minimum"]["keyvault"] == 2
+    assert by_change["vault sync"]["minimum"]["devops"] == 4 * 2
+    for row in rows:
+        assert row["groups_wrong"] == [], row["change"]
+        for system in ("keyvault", "devops"):
+            assert row["calls"][system] == row["minimum"][system], (row["change"], system)
+
+
+def test_burst_settles_every_group(tmp_path):
+    result = _bench("burst", tmp_path / "burst.json", "--secrets", "12", "--groups", "3", "--instances", "2")
+    assert result["all_groups_right"]
+    assert result["writes_per_group"]["max"] <= 20
+
+
+def test_cold_start_handles_one_event(tmp_path):
+    result = _bench("coldstart", tmp_path / "coldstart.json", "--runs", "1")
+    assert result["first_event"]["group_right"]
+    assert result["first_event_ms"] > result["import_function_app_ms"] > 0

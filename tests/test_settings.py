@@ -97,6 +97,12 @@ class TestFromEnv:
         settings = Settings.from_env({**BASE, "WEBSITE_SKU": "FlexConsumption"})
         assert settings.running_in_azure and not settings.emulator
 
+    def test_container_name_alone_refuses_the_emulator_but_keeps_the_laptop_credential(self):
+        """A dev container sets CONTAINER_NAME: the emulator is refused there, yet az login stays the credential."""
+        with pytest.raises(ConfigError, match="CONTAINER_NAME"):
+            Settings.from_env({**BASE, "KVLINK_EMULATOR": "1", "CONTAINER_NAME": "devcontainer"})
+        assert not Settings.from_env({**BASE, "CONTAINER_NAME": "devcontainer"}).running_in_azure
+
     def test_vault_template_needs_placeholder(self):
         """A vault URL template without {vault} cannot address more than one vault."""
         with pytest.raises(ConfigError, match=r"\{vault\}"):
