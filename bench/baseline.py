@@ -25,17 +25,9 @@ from typing import Any
 
 import httpx
 
+from bench.lab import CountingTransport
+
 API = {"api-version": "7.1"}
-
-
-class Counted(httpx.HTTPTransport):
-    def __init__(self, counter: Counter[str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.counter = counter
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.counter[f"devops {request.method}"] += 1
-        return super().handle_request(request)
 
 
 def _pages(http: httpx.Client, url: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -107,7 +99,7 @@ def run(
 
     http = httpx.Client(
         auth=("", os.environ["AZURE_DEVOPS_PAT"]),
-        transport=Counted(counter, verify=ca),
+        transport=CountingTransport(counter, verify=ca),
         timeout=60,
     )
     listings: dict[str, dict[str, Any]] = {}
