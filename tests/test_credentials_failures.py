@@ -140,6 +140,8 @@ class TestWrongPat:
         text = " ".join(" ".join([b.title, *b.lines]) for b in shown)
         assert estate.org in text and reason in text
         assert "unlink" not in text.lower()
+        page = kvlink_app.report_page(engine)  # the whole page renders groups nothing is known of
+        assert "not checked: Azure DevOps not reached" in page and "2 not reached" in page
 
     def test_unreached_project_is_counted_and_listed_too(self, estate, monkeypatch):
         """With KVLINK_DEVOPS_PROJECTS the project's listing fails: same treatment, project by project."""
