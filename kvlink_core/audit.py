@@ -83,6 +83,7 @@ class AuditReport:
     dry_run: bool
     groups_linked: int = 0
     groups_discovered: int = 0
+    groups_unreached: int = 0  # of those linked and discovered: Azure DevOps could not be read for them
     new_discovered: int = 0
     groups_changed: int = 0
     vaults: int = 0
@@ -114,6 +115,7 @@ class AuditReport:
             "groups": {
                 "linked": self.groups_linked,
                 "discovered": self.groups_discovered,
+                "unreached": self.groups_unreached,
                 "newlyDiscovered": self.new_discovered,
                 "changed": self.groups_changed,
             },
@@ -215,21 +217,18 @@ def group_findings(
     return findings
 
 
-def group_summary(link: Link, names: Iterable[str], outcome: str, *, ignored: bool = False) -> dict[str, Any]:
+def group_summary(link: Link, names: Iterable[str] | None, outcome: str, *, ignored: bool = False) -> dict[str, Any]:
     """What a report keeps of one audited group: where it is, its policy, what it maps, the outcome.
 
     ``outcome`` is what the audit did with the group (the /api/sync vocabulary, plus
-    ``vault-unreachable`` and ``ignored``); only the first names are kept, with the full count.
+    ``vault-unreachable``, ``devops-unreached`` and ``ignored``); only the first names are kept,
+    with the full count. ``names`` is None when the group could not be read: nothing is known.
     """
-    mapped = sorted(names, key=str.lower)
-    return {
-        **link.where(),
-        "kind": link.kind,
-        "policy": policy_summary(link, ignored=ignored),
-        "mapped": len(mapped),
-        "names": mapped[:GROUP_NAMES_KEPT],
-        "outcome": outcome,
-    }
+    summary = {**link.where(), "kind": link.kind, "policy": policy_summary(link, ignored=ignored)}
+    if names is not None:
+        mapped = sorted(names, key=str.lower)
+        summary.update(mapped=len(mapped), names=mapped[:GROUP_NAMES_KEPT])
+    return {**summary, "outcome": outcome}
 
 
 def plan_text(plan: Plan, *, keep: int = PLAN_NAMES_KEPT) -> str:
@@ -291,6 +290,7 @@ class _Run:
         self.lock = threading.Lock()
         self.listings: dict[str, Future[_Listing]] = {}
         self.vault_findings: set[str] = set()
+        self.failed_orgs: set[str] = set()  # organizations whose projects could not be listed
         self.done = 0
         self.total = 0
         self.vault_pool = ThreadPoolExecutor(self.settings.vault_concurrency, thread_name_prefix="kvlink-vault")
@@ -383,6 +383,7 @@ class _Run:
                 scopes += [(org, str(p["name"])) for p in self.engine.devops.list_projects(org)]
             except KvLinkError as err:
                 self.unreached(f"organization {org}: {err}")
+                self.failed_orgs.add(org.lower())
         return scopes
 
     def list_groups(self, org: str, project: str) -> list[VariableGroup]:
@@ -505,14 +506,19 @@ class _Run:
         scanned: set[tuple[str, str]],
         failed: set[tuple[str, str]],
     ) -> list[Future[None]]:
-        """Links whose group no listing showed: gone, unreachable, or outside the scanned projects."""
+        """Links whose group no listing showed: gone, unreachable, or outside the scanned projects.
+
+        A link is reported gone only on the word of a listing that succeeded: an organization or
+        project kvlink could not read (a wrong PAT, no token, 401/403/203) says nothing about it.
+        """
         extra = []
         for key, link in links.items():
             if key in seen:
                 continue
             where = (link.organization.lower(), link.project.lower())
-            if where in failed:
-                continue  # already reported as not reached
+            if where in failed or where[0] in self.failed_orgs:
+                self.not_reached(link)  # its organization or project is already listed as unreached
+                continue
             if where in scanned or not self.settings.devops_projects:
                 self.add(
                     Finding.about(
@@ -533,6 +539,7 @@ class _Run:
             group = self.engine.devops.get_group(link.organization, link.project, link.group_id)
         except KvLinkError as err:
             self.unreached(f"group {link.organization}/{link.project}/{link.group_id}: {err}")
+            self.not_reached(link)
             return
         if group is None:
             self.add(
@@ -641,11 +648,18 @@ class _Run:
             else:
                 self.report.groups_linked += 1
 
+    def not_reached(self, link: Link) -> None:
+        """A linked group Azure DevOps could not be read for: counted and listed, nothing concluded."""
+        self.count(link)
+        with self.lock:
+            self.report.groups_unreached += 1
+        self.record(link, None, "devops-unreached")
+
     def add(self, *findings: Finding) -> None:
         with self.lock:
             self.report.findings.extend(findings)
 
-    def record(self, link: Link, names: Iterable[str], outcome: str, *, ignored: bool = False) -> None:
+    def record(self, link: Link, names: Iterable[str] | None, outcome: str, *, ignored: bool = False) -> None:
         summary = group_summary(link, names, outcome, ignored=ignored)
         with self.lock:
             self.report.groups.append(summary)

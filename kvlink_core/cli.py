@@ -116,6 +116,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         format="%(levelname)s %(name)s: %(message)s",
         stream=err,
     )
+    # Without -v, not the credential chain's many-line warning: kvlink's own error says it in one line.
+    logging.getLogger("azure.identity").setLevel(logging.NOTSET if args.verbose else logging.ERROR)
     if args.verb == "demo":
         return _demo(err)
     commands: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {

@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 API_VERSION = "7.1"
 KEY_VAULT_TYPE = "AzureKeyVault"
 _RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+NO_SIGN_IN = (
+    "no token for Azure DevOps: set AZURE_DEVOPS_PAT, or give kvlink's managed identity access "
+    "(in Azure) / run `az login` (elsewhere)"
+)
 # The fields of VariableGroupParameters, the body of POST and PUT.
 _PARAMETER_FIELDS = (
     "name",
@@ -130,9 +134,18 @@ class _Auth(httpx.Auth):
         if self._pat:
             return "Basic " + base64.b64encode(f":{self._pat}".encode()).decode()
         assert self._credential is not None
+        from azure.core.exceptions import ClientAuthenticationError
+
         with self._lock:
             if self._token is None or self._token.expires_on - 300 < time.time():
-                self._token = self._credential.get_token(DEVOPS_SCOPE)
+                try:
+                    self._token = self._credential.get_token(DEVOPS_SCOPE)
+                except ClientAuthenticationError as err:
+                    # The chain's own message runs to dozens of lines: its first says which source failed.
+                    cause = (str(err.message or err).strip().splitlines() or [""])[0][:200]
+                    raise UpstreamError(
+                        "devops", None, f"{NO_SIGN_IN}; the credential said: {cause}" if cause else NO_SIGN_IN
+                    ) from err
             return f"Bearer {self._token.token}"
 
 
@@ -472,21 +485,35 @@ class DevOps:
         if status in (200, 201, 204):
             return response
         if status in (203, 302, 401):
+            answer = f"HTTP {status}" if status == 401 else f"HTTP {status}, a sign-in page"
             raise UpstreamError(
                 "devops",
                 status,
-                f"Azure DevOps ({organization}) did not accept kvlink's credentials (HTTP {status}): check "
-                "AZURE_DEVOPS_PAT, or that kvlink's managed identity is a user of the organization",
+                f"Azure DevOps ({organization}) did not accept kvlink's credentials ({answer}): "
+                f"{self._credentials_hint()}",
             )
         message = _error_message(response)
+        if status == 403 and method == "GET":
+            # A read refused: the credentials themselves (an inactive PAT, a policy), not the Library role.
+            raise UpstreamError(
+                "devops",
+                status,
+                f"Azure DevOps ({organization}) refused to let kvlink read (HTTP 403): {message} -- "
+                f"{self._credentials_hint()}, with access to the project",
+            )
         if status == 403:
             raise UpstreamError(
                 "devops",
                 status,
-                f"Azure DevOps ({organization}) refused {method}: {message} -- kvlink's identity needs the "
+                f"Azure DevOps ({organization}) refused {method} (HTTP 403): {message} -- kvlink's identity needs the "
                 "Administrator role on the project's Library (or on the variable group)",
             )
         raise UpstreamError("devops", status, f"Azure DevOps ({organization}) answered HTTP {status}: {message}")
+
+    def _credentials_hint(self) -> str:
+        if self._settings.devops_pat:
+            return "check AZURE_DEVOPS_PAT: it may be wrong, expired, revoked, or not valid for this organization"
+        return "check that kvlink's managed identity (or your `az login` account) is a user of the organization"
 
 
 def _lookup_project(body: Mapping[str, Any]) -> str | None:

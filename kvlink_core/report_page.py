@@ -60,9 +60,11 @@ SEVERITIES: tuple[tuple[str, str], ...] = (("error", "Errors"), ("warning", "War
 _DRIFT = frozenset({"secret-deleted", "secret-disabled", "secret-missing", "write-failed"})
 _MISSING = frozenset({"link-target-missing", "group-changed"})
 _INCOMPLETE = frozenset({"vault-unreadable", "write-failed"})  # errors that mean the run could not finish its work
+_DEVOPS_SCOPES = ("organization ", "project ", "group ")  # how the audit names what it could not read there
 
 # Group status: key -> (label, tone). Rows sort in this order, the worst first.
 STATUSES: Mapping[str, tuple[str, str]] = {
+    "devops-unreached": ("not checked: Azure DevOps not reached", "bad"),
     "unreachable": ("vault unreachable", "bad"),
     "refused": ("refused by the guard", "bad"),
     "missing": ("group missing", "bad"),
@@ -268,6 +270,21 @@ def banners(latest: Mapping[str, Any] | None, *, now: datetime) -> list[Banner]:
             )
         )
     unreached = [str(u) for u in latest.get("unreached") or []]
+    groups = latest.get("groups")
+    not_checked = _int(groups.get("unreached")) if isinstance(groups, Mapping) else 0
+    # Organizations and projects whose listing failed (a wrong PAT, no token, 401/403/203): each line says why.
+    devops = [u for u in unreached if u.startswith(_DEVOPS_SCOPES)] if not_checked else []
+    if devops:
+        found.append(
+            Banner(
+                "bad",
+                f"{not_checked} linked {'group was' if not_checked == 1 else 'groups were'} not checked: "
+                "kvlink could not read Azure DevOps for them. They stay linked, and nothing is concluded "
+                "about them until an audit reads them.",
+                tuple(devops),
+            )
+        )
+        unreached = [u for u in unreached if u not in devops]
     failed = [
         f"group {f.get('group')}: {f.get('message')}"
         if f.get("group")
@@ -314,7 +331,10 @@ def stats(
             "groups",
             "Groups",
             f"{_int(counts.get('linked'))} / {_int(counts.get('discovered'))}",
-            "linked / discovered" + (f" · {counts['newlyDiscovered']} new" if counts.get("newlyDiscovered") else ""),
+            "linked / discovered"
+            + (f" · {counts['newlyDiscovered']} new" if counts.get("newlyDiscovered") else "")
+            + (f" · {counts['unreached']} not reached" if counts.get("unreached") else ""),
+            "bad" if counts.get("unreached") else "",
         ),
         Stat(
             "names",
@@ -438,6 +458,8 @@ def group_status(
     """
     open_kinds = {str(f.get("kind")) for f in findings if not f.get("repaired")}
     severities = {str(f.get("severity")) for f in findings if not f.get("repaired")}
+    if outcome == "devops-unreached":
+        return "devops-unreached"
     if (
         "vault-unreadable" in open_kinds
         or outcome == "vault-unreachable"

@@ -214,7 +214,9 @@ class DevOpsStandIn(StandInServer):
     ``unauthenticated_status`` (401)
         401 with ``WWW-Authenticate`` for missing or wrong credentials. Set 203 to get what
         Azure DevOps answers to many REST calls instead: 203 Non-Authoritative Information
-        with an HTML sign-in page, which a client must not parse as success.
+        with an HTML sign-in page, which a client must not parse as success. Set 403 for what
+        public reports show for a PAT Azure DevOps holds inactive (403 or 203, Stack Overflow
+        78298298): a JSON error whose wording is invented here, the real one being undocumented.
     ``missing_group_response`` ("404")
         A single-group GET for an id the project cannot see answers 404
         ``VariableGroupNotFoundException``. Real Azure DevOps answers **200 with a JSON
@@ -269,7 +271,7 @@ class DevOpsStandIn(StandInServer):
         super().__init__(ssl_context=ssl_context, host=host, port=port)
         self.pat = pat
         self.bearer_token = bearer_token
-        self.unauthenticated_status: Literal[401, 203] = 401
+        self.unauthenticated_status: Literal[401, 203, 403] = 401
         self.missing_group_response: Literal["404", "null"] = "404"
         self.require_api_version_on_get = True
         self.sharing_allowed = True
@@ -573,6 +575,14 @@ class DevOpsStandIn(StandInServer):
         html = "text/html; charset=utf-8"
         if self.unauthenticated_status == 203:
             return Response(203, _SIGN_IN_PAGE, content_type=html)
+        if self.unauthenticated_status == 403:
+            return Response(
+                403,
+                ado_error(
+                    "Access denied: the credentials are not active for this organization (stand-in wording).",
+                    "VssUnauthorizedException",
+                ),
+            )
         return Response(
             401,
             _ACCESS_DENIED_PAGE,

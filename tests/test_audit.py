@@ -155,7 +155,7 @@ class TestAudit:
         ]
 
         summary = report.summary()
-        assert summary["groups"] == {"linked": 5, "discovered": 1, "newlyDiscovered": 1, "changed": 2}
+        assert summary["groups"] == {"linked": 5, "discovered": 1, "unreached": 0, "newlyDiscovered": 1, "changed": 2}
         assert summary["names"] == {"added": 3, "removed": 3}
         assert summary["vaults"] == 2  # v3 could not be listed
         assert summary["driftRemains"] is True  # the refused storm, the locked vault...

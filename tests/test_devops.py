@@ -117,13 +117,13 @@ class TestAuth:
         assert client(estate, pat=False).get_group(estate.org, estate.project, gid) is not None
         assert estate.ado.calls[-1].auth_scheme == "Bearer"
 
-    @pytest.mark.parametrize("status", [401, 203])
+    @pytest.mark.parametrize("status", [401, 203, 403])
     def test_rejected_credentials(self, estate, status):
-        """A wrong PAT is a clear error (401, or 203 with a sign-in page) that never shows the PAT."""
+        """A wrong PAT is a clear error (401, 203 with a sign-in page, 403) that never shows the PAT."""
         estate.ado.unauthenticated_status = status
         try:
             devops = DevOps(estate.settings(AZURE_DEVOPS_PAT="wrong-pat-value"), None)
-            with pytest.raises(UpstreamError, match=r"credentials|sign-in") as info:
+            with pytest.raises(UpstreamError, match=r"AZURE_DEVOPS_PAT") as info:
                 devops.get_group(estate.org, estate.project, 1)
         finally:
             estate.ado.unauthenticated_status = 401

@@ -634,6 +634,17 @@ def test_sign_in_page_mode_answers_203(stand_in: DevOpsStandIn, org: str, make_c
     assert "Sign In" in response.text
 
 
+def test_inactive_credentials_mode_answers_403(stand_in: DevOpsStandIn, org: str, make_client: ClientFactory) -> None:
+    """With unauthenticated_status = 403 a stranger gets a JSON 403; known credentials still pass."""
+    stand_in.unauthenticated_status = 403
+
+    response = make_client(auth=("", "inactive-pat")).get(f"/{org}/App/{GROUPS}", params=API)
+
+    assert response.status_code == 403
+    assert response.json()["typeKey"] == "VssUnauthorizedException"
+    assert make_client(auth=("", DEFAULT_PAT)).get(f"/{org}/App/{GROUPS}", params=API).status_code == 200
+
+
 def test_api_version_is_required(stand_in: DevOpsStandIn, org: str, client: httpx.Client) -> None:
     """A missing api-version is a 400; the Accept header form counts; unknown versions are refused."""
     url = f"/{org}/App/{GROUPS}"
