@@ -350,8 +350,9 @@ class _Run:
         scanned: set[tuple[str, str]] = set()
         failed: set[tuple[str, str]] = set()
         endpoint_checks = []
-        for future in as_completed(futures):
-            org, project = futures[future]
+        # Results are taken in scope order, not as they complete: a group shared with several
+        # projects is then always checked in the same one (its service connection is looked up there).
+        for future, (org, project) in futures.items():
             try:
                 groups = future.result()
             except KvLinkError as err:
