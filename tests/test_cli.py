@@ -218,6 +218,16 @@ class TestExitCodes:
         code, _, err = cli(*link_args(estate, "--mode", "copy"))
         assert code == 64 and "--mode" in err
 
+    def test_link_refused_by_the_mass_removal_guard(self, estate, cli):
+        """Re-linking when most secrets are gone: refused, the plan shown, drift remains (2); --force applies."""
+        group_id = linked_group(estate, cli, *(f"s-{i}" for i in range(6)))
+        for i in range(4):
+            estate.kv.delete_secret(estate.vault, f"s-{i}")
+        code, _, err = cli(*link_args(estate))
+        assert code == 2 and "error:" in err and "- s-0" in err
+        assert estate.names(group_id) == [f"s-{i}" for i in range(6)]
+        assert cli(*link_args(estate, "--force"))[0] == 0
+
     def test_sync(self, estate, cli):
         linked_group(estate, cli, "db-password")
         estate.kv.set_secret(estate.vault, "api-key")
@@ -304,9 +314,22 @@ class TestAuditWrites:
     def test_applying_audit_first_says_what_it_touches(self, estate, cli):
         """Before any write, on stderr: that it writes, organizations, projects, vaults, linked groups,
         and what happens to Key Vault groups nobody linked."""
-        linked_group(estate, cli, "db-password")
-        code, out, err = cli("audit")
-        assert code == 0
+        group_id = linked_group(estate, cli, "db-password", "api-key")
+        estate.kv.delete_secret(estate.vault, "api-key")  # drift: the audit will write
+        before = len(estate.ado.writes(estate.org))
+
+        writes_seen: list[int] = []  # group writes made by the time each piece of stderr came
+
+        class Stderr(io.StringIO):
+            def write(self, text: str) -> int:
+                writes_seen.append(len(estate.ado.writes(estate.org)) - before)
+                return super().write(text)
+
+        err_stream, out_stream = Stderr(), io.StringIO()
+        code = main(["audit"], out=out_stream, err=err_stream)
+        err = err_stream.getvalue()
+        assert code == 0 and estate.names(group_id) == ["db-password"]
+        assert writes_seen[0] == 0 and len(estate.ado.writes(estate.org)) - before == 1
         assert err.splitlines()[:6] == [
             "kvlink audit: this run REPAIRS variable groups (writes); --dry-run or KVLINK_MODE=report only look",
             f"  organizations: {estate.org}",
@@ -316,7 +339,7 @@ class TestAuditWrites:
             "  unlinked Key Vault groups on allowed vaults (0 registered so far, more may be discovered): "
             "KVLINK_UNLINKED_GROUPS=prune: names of deleted or disabled secrets are removed, none are added",
         ]
-        assert "REPAIRS" not in out
+        assert "REPAIRS" not in out_stream.getvalue()
 
     def test_preamble_follows_the_settings(self, estate, cli, monkeypatch):
         engine = estate.engine(KVLINK_UNLINKED_GROUPS="ignore", KVLINK_DEVOPS_PROJECTS=f"{estate.org}/{estate.project}")
