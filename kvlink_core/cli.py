@@ -1,36 +1,113 @@
 """``python -m kvlink_core``: the command line, over the same settings and core as the functions.
 
-Exit codes: 0 success, 1 error (including refused or failed groups), 2 a dry run that
-found changes to make -- so ``--dry-run`` can gate a pipeline.
+Each outcome has its own exit code (:data:`EXIT_CODES`), so a pipeline gate can tell "drift"
+from "could not look" and from "called wrongly". Everything the command line can check --
+flags, their values, ``--html``'s directory, the settings -- is checked before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from .errors import ConfigError, KvLinkError, RequestError
 
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+# Like `terraform plan -detailed-exitcode` for 0-2; 64 is EX_USAGE from sysexits.h. When several
+# apply, the first in this order wins: 64, 1, 2 -- "could not look" outranks "found drift".
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_USAGE = 0, 1, 2, 64
+EXIT_CODES = """\
+exit codes:
+  0   done: nothing is left to change (applied, or a dry run found nothing)
+  1   error, could not look: bad settings, Azure or storage failures, a vault,
+      project or organization not reached, a group whose write failed
+  2   changes: a dry run (or KVLINK_MODE=report) found changes to make, or
+      drift remains after an applying run (a repair the mass-removal guard
+      refused, a group that needs a person)
+  64  usage: unknown, missing or conflicting flags, or a flag value kvlink
+      refuses (e.g. a vault outside KVLINK_ALLOWED_VAULTS, a --html directory
+      that does not exist); nothing was read or written"""
+
+AUDIT_EPILOG = """\
+audit writes: it repairs linked groups, and it also prunes Key Vault groups
+nobody linked (names of deleted or disabled secrets; KVLINK_UNLINKED_GROUPS).
+Use --dry-run to only look, and set KVLINK_MODE=report for the first runs
+against a real estate: kvlink then plans and reports, and writes nothing.
+
+"""
+
+# The API's field names, as the command line spells them.
+FLAGS = {
+    "organization": "--organization",
+    "project": "--project",
+    "group": "--group",
+    "groupId": "--group-id",
+    "vault": "--vault",
+    "serviceConnection": "--service-connection",
+    "include": "--include",
+    "exclude": "--exclude",
+    "tags": "--tag",
+    "mode": "--mode",
+    "keepExpired": "--drop-expired",
+    "dryRun": "--dry-run",
+    "force": "--force",
+}
+# The SDKs log request and response headers at INFO (redacted, but noise): shown only with -vv.
+SDK_LOGGERS = ("azure", "httpx", "httpcore", "urllib3")
+
+
+class UsageError(Exception):
+    """The command line is wrong (exit 64); ``usage`` is shown above the message (default: the verb's)."""
+
+    def __init__(self, message: str, *, usage: str | None = None) -> None:
+        self.usage = usage
+        super().__init__(message)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error, which here means "changes found": raise instead."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, usage=self.format_usage())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m kvlink_core",
         description="Keep Azure DevOps variable groups linked to Azure Key Vault in step with the vault. "
         "Settings come from the environment (see the README); run `az login` first against real Azure.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"kvlink {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what kvlink does (never values)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: log kvlink's decisions (never values); -vv: also the Azure SDKs' requests",
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    # -v after the verb too (`link ... -v`); SUPPRESS keeps a count given before the verb.
+    verbose = _Parser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    link = verbs.add_parser("link", help="create or adopt a Key Vault group, link it, and fill it")
+    def verb(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("epilog", EXIT_CODES)
+        made: argparse.ArgumentParser = verbs.add_parser(
+            name, parents=[verbose], formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
+        )
+        return made
+
+    link = verb("link", help="create or adopt a Key Vault group, link it, and fill it")
     _group_args(link, with_id=False)
     link.add_argument("--vault", required=True, help="the Key Vault's name")
     link.add_argument(
@@ -55,24 +132,31 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--drop-expired", action="store_true", help="remove and do not add expired secrets")
     _common(link, force=True)
 
-    sync = verbs.add_parser("sync", help="reconcile whole groups from a full listing of their vault")
-    target = sync.add_mutually_exclusive_group(required=True)
-    target.add_argument("--vault", help="every group linked to this vault")
-    target.add_argument("--group-id", type=int, help="one group (with --organization and --project)")
+    sync = verb("sync", help="reconcile whole groups from a full listing of their vault")
+    # Checked in _sync_body, which names every flag that does not belong with the others.
+    sync.add_argument("--vault", help="every group linked to this vault (alone)")
+    sync.add_argument("--group-id", type=int, help="one group (with --organization and --project)")
     sync.add_argument("--organization", help="the group's organization (with --group-id)")
     sync.add_argument("--project", help="the group's project (with --group-id)")
     _common(sync, force=True)
 
-    links = verbs.add_parser("links", help="list registered links")
+    links = verb("links", help="list registered links")
     links.add_argument("--vault", help="only links to this vault")
     links.add_argument("--organization", help="only links in this organization")
     links.add_argument("--json", action="store_true", help="print JSON")
 
-    unlink = verbs.add_parser("unlink", help="forget a link (the group itself is left as it is)")
+    unlink = verb("unlink", help="forget a link (the group itself is left as it is)")
     _group_args(unlink, with_id=True)
     unlink.add_argument("--json", action="store_true", help="print JSON")
 
-    audit = verbs.add_parser("audit", help="reconcile every Key Vault group with its vault and report findings")
+    audit = verb(
+        "audit",
+        help="reconcile every Key Vault group with its vault and report findings; "
+        "repairs (writes): use --dry-run to only look",
+        description="Discover every Key Vault group in the organizations in scope, reconcile it with its\n"
+        "vault, repair what drifted, and report findings. It writes: use --dry-run to only look.",
+        epilog=AUDIT_EPILOG + EXIT_CODES,
+    )
     audit.add_argument("--dry-run", action="store_true", help="plan and report only; write and store nothing")
     audit.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
     audit.add_argument(
@@ -82,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the report page (the one GET /api/report serves) to FILE",
     )
 
-    verbs.add_parser(
+    verb(
         "demo",
         help="run the local end-to-end demo against the stand-ins (development checkout only)",
         description="Start local stand-ins for Key Vault, Azure DevOps and Table storage, link a group "
@@ -110,14 +194,20 @@ def _common(parser: argparse.ArgumentParser, *, force: bool) -> None:
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=err,
-    )
-    # Without -v, not the credential chain's many-line warning: kvlink's own error says it in one line.
-    logging.getLogger("azure.identity").setLevel(logging.NOTSET if args.verbose else logging.ERROR)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as problem:
+        return _usage(problem, err)
+    with _logging(args.verbose, err):
+        try:
+            return _run(args, out, err)
+        except UsageError as problem:
+            problem.usage = problem.usage or _verb_parser(parser, args.verb).format_usage()
+            return _usage(problem, err)
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.verb == "demo":
         return _demo(err)
     commands: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
@@ -132,13 +222,82 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     except ConfigError as problem:
         print(f"error: {problem}", file=err)
     except RequestError as problem:
-        where = f" ({problem.field})" if problem.field else ""
-        print(f"error{where}: {problem}", file=err)
+        print(f"error: {_flag_message(problem)}", file=err)
         if problem.details.get("plan"):
             _plan_table(problem.details["plan"], err)
+        if problem.code == "MassRemovalRefused":  # kvlink looked: the drift is known and remains
+            return EXIT_CHANGES
     except KvLinkError as problem:
         print(f"error: {problem}", file=err)
     return EXIT_ERROR
+
+
+def _verb_parser(parser: argparse.ArgumentParser, verb: str) -> argparse.ArgumentParser:
+    for action in parser._actions:  # argparse keeps its subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[verb]
+            return found
+    return parser
+
+
+def _usage(problem: UsageError, err: TextIO) -> int:
+    if problem.usage:
+        print(problem.usage.rstrip(), file=err)
+    print(f"error: {problem}", file=err)
+    return EXIT_USAGE
+
+
+@contextlib.contextmanager
+def _logging(verbosity: int, err: TextIO) -> Iterator[None]:
+    """-v: kvlink's own decisions (INFO); -vv: kvlink at DEBUG and the SDKs' request logs (INFO).
+
+    A handler of its own, removed afterwards (with the levels it set): main() may run many
+    times in one process (tests), and never duplicates or leaks a handler.
+    """
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    levels = {"": logging.WARNING, "kvlink_core": logging.WARNING, **dict.fromkeys(SDK_LOGGERS, logging.WARNING)}
+    # Without -v, not the credential chain's many-line warning: kvlink's own error says it in one line.
+    levels["azure.identity"] = logging.ERROR
+    if verbosity >= 1:
+        levels.update({"kvlink_core": logging.INFO, "azure.identity": logging.WARNING})
+    if verbosity >= 2:
+        levels.update({"kvlink_core": logging.DEBUG, **dict.fromkeys([*SDK_LOGGERS, "azure.identity"], logging.INFO)})
+    loggers = {name: logging.getLogger(name or None) for name in levels}
+    before = {name: logger.level for name, logger in loggers.items()}
+    for name, logger in loggers.items():
+        logger.setLevel(levels[name])
+    root = loggers[""]
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for name, logger in loggers.items():
+            logger.setLevel(before[name])
+
+
+def _flag_message(problem: RequestError) -> str:
+    """The error as the command line says it: ``--group-id``, not the API's ``groupId``."""
+    message = str(problem)
+    for field, flag in FLAGS.items():
+        if field != field.lower():  # camelCase is never prose: always the field's name
+            message = re.sub(rf"\b{field}\b", flag, message)
+    if problem.field in FLAGS:
+        field, flag = problem.field, FLAGS[problem.field]
+        # "vault is required", "include needs ...": the field as the sentence's subject.
+        message = re.sub(rf"^{re.escape(field)}(?= (is required|must|may|needs)\b)", flag, message)
+        if not message.startswith(flag):
+            message = f"{flag}: {message}"
+    return message
+
+
+def _request(build: Callable[[], Any]) -> Any:
+    """Build a LinkRequest/SyncRequest from the flags: a value it refuses is a usage error."""
+    try:
+        return build()
+    except RequestError as problem:
+        raise UsageError(_flag_message(problem)) from None
 
 
 # -- verbs ------------------------------------------------------------------------------------
@@ -161,7 +320,8 @@ def _link(args: argparse.Namespace, out: TextIO) -> int:
         "dryRun": args.dry_run,
         "force": args.force,
     }
-    result = link_group(engine, LinkRequest.from_json(body, engine.settings), origin="cli")
+    request = _request(lambda: LinkRequest.from_json(body, engine.settings))
+    result = link_group(engine, request, origin="cli")
     if args.json:
         print(json.dumps(result.as_json(), indent=2), file=out)
     else:
@@ -181,15 +341,9 @@ def _sync(args: argparse.Namespace, out: TextIO) -> int:
     from .app import get_engine
     from .linking import SyncRequest, outcome_json, sync
 
+    body = _sync_body(args)
     engine = get_engine()
-    body: dict[str, Any] = {"dryRun": args.dry_run, "force": args.force}
-    if args.vault:
-        body["vault"] = args.vault
-    else:
-        if not (args.organization and args.project):
-            raise RequestError(400, "InvalidField", "--group-id needs --organization and --project", field="group-id")
-        body.update(organization=args.organization, project=args.project, groupId=args.group_id)
-    result = sync(engine, SyncRequest.from_json(body, engine.settings), origin="cli")
+    result = sync(engine, _request(lambda: SyncRequest.from_json(body, engine.settings)), origin="cli")
     if args.json:
         print(json.dumps(result.as_json(), indent=2), file=out)
     else:
@@ -200,10 +354,41 @@ def _sync(args: argparse.Namespace, out: TextIO) -> int:
             print(line + outcome.status + (f" -- {outcome.message}" if outcome.message else ""), file=out)
             if "plan" in entry:
                 _plan_table(entry["plan"], out)
-    if any(g.status in ("refused", "failed") for g in result.groups):
+    statuses = {g.status for g in result.groups}
+    if "failed" in statuses:
         return EXIT_ERROR
+    # Refused by the mass-removal guard, or the group changed under kvlink: the drift remains.
+    if statuses & {"refused", "group-missing", "not-key-vault", "vault-changed"}:
+        return EXIT_CHANGES
     changes = any(g.plan is not None and g.plan.changed for g in result.groups)
     return EXIT_CHANGES if result.dry_run and changes else EXIT_OK
+
+
+def _sync_body(args: argparse.Namespace) -> dict[str, Any]:
+    """``--vault`` alone, or ``--group-id`` with ``--organization`` and ``--project``: never a flag ignored."""
+    body: dict[str, Any] = {"dryRun": args.dry_run, "force": args.force}
+    by_group = [flag for flag, value in _group_flags(args) if value is not None]
+    if args.vault is not None:
+        conflicting = (["--group-id"] if args.group_id is not None else []) + by_group
+        if conflicting:
+            raise UsageError(
+                f"--vault syncs every group linked to the vault; {', '.join(conflicting)} cannot go with it"
+            )
+        body["vault"] = args.vault
+        return body
+    if args.group_id is None:
+        if by_group:
+            raise UsageError(f"{', '.join(by_group)} name one group only with --group-id; or give --vault instead")
+        raise UsageError("give --vault, or --group-id with --organization and --project")
+    missing = [flag for flag, value in _group_flags(args) if value is None]
+    if missing:
+        raise UsageError(f"--group-id needs {' and '.join(missing)}")
+    body.update(organization=args.organization, project=args.project, groupId=args.group_id)
+    return body
+
+
+def _group_flags(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    return [("--organization", args.organization), ("--project", args.project)]
 
 
 def _links(args: argparse.Namespace, out: TextIO) -> int:
@@ -245,7 +430,11 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .app import get_engine
     from .audit import run_audit
 
+    if args.html:
+        _check_writable(args.html, "--html")
     engine = get_engine()
+    dry_run = args.dry_run or engine.settings.mode == "report"
+    _audit_preamble(engine, dry_run=dry_run, reason="--dry-run" if args.dry_run else "KVLINK_MODE=report", err=err)
     bar = None
     if not args.json and err.isatty():
         from tqdm import tqdm
@@ -269,13 +458,75 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _findings_table(report, out)
     if report.store_error:
         print(f"warning: the report could not be stored: {report.store_error}", file=err)
+    code = _audit_exit(report)
     if args.html:
         from .app import report_page
 
         page = report_page(engine, unsaved=None if stored else report)
-        args.html.write_text(page, encoding="utf-8")
+        try:
+            args.html.write_text(page, encoding="utf-8")
+        except OSError as problem:  # checked before the run; the disk may still fill up
+            print(f"error: --html: could not write {args.html}: {problem.strerror or problem}", file=err)
+            return EXIT_ERROR
         print(f"report page: {args.html.resolve()}", file=err if args.json else out)
+    return code
+
+
+# Findings that mean the audit could not see or could not write part of the estate.
+_COULD_NOT = frozenset({"vault-unreadable", "write-failed"})
+
+
+def _audit_exit(report: Any) -> int:
+    """1 when part of the estate was not looked at (or not written), else 2 while drift remains."""
+    if report.unreached or any(f.kind in _COULD_NOT for f in report.open_findings):
+        return EXIT_ERROR
     return EXIT_CHANGES if report.drift_remains else EXIT_OK
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """Refuse an output file that cannot be written, before anything else is done."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"{flag}: {path} is a directory; give a file name")
+    if not folder.is_dir():
+        raise UsageError(f"{flag}: directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag}: {path} is not writable")
+
+
+def _audit_preamble(engine: Any, *, dry_run: bool, reason: str, err: TextIO) -> None:
+    """Say what an applying audit will touch before it touches anything: it writes groups nobody linked."""
+    settings = engine.settings
+    if dry_run:
+        print(f"kvlink audit: dry run ({reason}): nothing is written", file=err)
+        return
+    links = [link for link in engine.registry.list_links() if settings.org_allowed(link.organization)]
+    linked = sum(1 for link in links if not link.prune_only)
+    known = len(links) - linked
+    if settings.devops_projects:
+        projects = ", ".join(f"{org}/{project}" for org, project in settings.devops_projects)
+        projects += " (KVLINK_DEVOPS_PROJECTS)"
+    else:
+        projects = "all (set KVLINK_DEVOPS_PROJECTS to limit them)"
+    vaults = (
+        "any (KVLINK_ALLOWED_VAULTS=*)"
+        if settings.allowed_vaults is None
+        else ", ".join(sorted(settings.allowed_vaults)) + " (KVLINK_ALLOWED_VAULTS)"
+    )
+    if settings.unlinked_groups == "prune":
+        unlinked = "KVLINK_UNLINKED_GROUPS=prune: names of deleted or disabled secrets are removed, none are added"
+    else:
+        unlinked = "KVLINK_UNLINKED_GROUPS=ignore: left as they are, reported only"
+    lines = [
+        "kvlink audit: this run REPAIRS variable groups (writes); --dry-run or KVLINK_MODE=report only look",
+        f"  organizations: {', '.join(settings.devops_orgs)}",
+        f"  projects: {projects}",
+        f"  vaults: {vaults}",
+        f"  linked groups: {linked} in the registry, brought in step with their links' policies",
+        f"  unlinked Key Vault groups on allowed vaults ({known} registered so far, more may be discovered): "
+        f"{unlinked}",
+    ]
+    print("\n".join(lines), file=err)
 
 
 def _findings_table(report: Any, out: TextIO) -> None:
@@ -296,11 +547,14 @@ def _findings_table(report: Any, out: TextIO) -> None:
     for what in summary["unreached"]:
         print(f"not reached: {what}", file=out)
     groups, names, counts = summary["groups"], summary["names"], summary["findingsBySeverity"]
+    audited = _plural(groups["linked"] + groups["discovered"], "group")
+    # Groups whose organization or project could not be read were not checked: say so beside the count.
+    unchecked = f", {groups['unreached']} not reached" if groups.get("unreached") else ""
     print(
-        f"{'dry run: ' if summary['dryRun'] else ''}{groups['linked']} linked and {groups['discovered']} "
-        f"discovered groups over {summary['vaults']} vaults; {groups['changed']} changed "
-        f"(+{names['added']} -{names['removed']}); findings: {counts['error']} errors, "
-        f"{counts['warning']} warnings, {counts['info']} info; {summary['durationSeconds']}s",
+        f"{'dry run: ' if summary['dryRun'] else ''}{audited} ({groups['linked']} linked, {groups['discovered']} "
+        f"discovered{unchecked}) over {_plural(summary['vaults'], 'vault')}; {groups['changed']} changed "
+        f"(+{names['added']} -{names['removed']}); findings: {_plural(counts['error'], 'error')}, "
+        f"{_plural(counts['warning'], 'warning')}, {counts['info']} info; {summary['durationSeconds']}s",
         file=out,
     )
 
@@ -315,6 +569,11 @@ def _plan_table(plan: dict[str, Any], out: TextIO) -> None:
         f"{plan.get('unchanged', 0)} unchanged)",
         file=out,
     )
+
+
+def _plural(count: int, noun: str, plural: str | None = None) -> str:
+    """``1 vault``, ``2 vaults``, ``0 vaults``."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def _tag(text: str) -> tuple[str, str | None]:

@@ -145,10 +145,11 @@ class LinkResult:
         }
 
     def message(self) -> str:
+        names = _names(self.plan)
         if self.would_create:
-            return f"dry run: would create group {self.link.group_name!r} with {len(self.plan.add)} names"
+            return f"dry run: would create group {self.link.group_name!r} with {names}"
         if self.created:
-            return f"created group {self.link.group_name!r} with {len(self.plan.add)} names and linked it"
+            return f"created group {self.link.group_name!r} with {names} and linked it"
         if not self.changed:
             return "already linked with this policy; the group is in step; nothing changed"
         if not self.applied and self.plan.changed:
@@ -288,9 +289,7 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool, origin: str)
     marker = write_marker(origin=origin, summary=f"created +{len(plan.add)}")
     engine.registry.save_link(link, previous=None, written=marker)  # a new group id has no link yet
     engine.notifier.group_updated(link, plan, origin=origin)
-    logger.info(
-        "Created group %s (%s) with %d names from vault %s", link.group_name, link.key, len(plan.add), link.vault
-    )
+    logger.info("Created group %s (%s) with %s from vault %s", link.group_name, link.key, _names(plan), link.vault)
     return LinkResult(link, plan, applied=True, created=True, changed=True)
 
 
@@ -397,6 +396,11 @@ def _find_endpoint(engine: Engine, request: LinkRequest) -> Mapping[str, Any]:
             field="serviceConnection",
         )
     return endpoint
+
+
+def _names(plan: Plan) -> str:
+    count = len(plan.add)
+    return f"{count} name{'' if count == 1 else 's'}"
 
 
 def _project_not_found(request: LinkRequest) -> RequestError:

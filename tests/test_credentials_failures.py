@@ -172,10 +172,10 @@ class TestWrongPat:
         code = cli_main(["audit", "--dry-run"], out=out, err=err)
 
         text = out.getvalue()
-        assert code != 0  # what exactly is the exit codes' business (kvlink_core/cli.py)
+        assert code == 1  # could not look: not "drift" (2), which a pipeline gate must tell apart
         assert "link-target-missing" not in text
         assert f"not reached: organization {estate.org}: " in text and "HTTP 401" in text
-        assert "1 linked and 1 discovered groups" in text
+        assert "2 groups (1 linked, 1 discovered, 2 not reached)" in text
         assert WRONG_PAT not in text + err.getvalue()
 
 
@@ -337,6 +337,6 @@ class TestNoToken:
 
         code = cli_main(["audit", "--dry-run"], out=out, err=err)
 
-        assert code != 0
+        assert code == 1
         assert f"not reached: organization {estate.org}: {NO_TOKEN}" in out.getvalue()
         assert "Traceback" not in err.getvalue()
