@@ -43,7 +43,7 @@ PHONE, DESKTOP = 390, 1280  # CSS pixels: a current phone held upright, a laptop
 # it writes into <pre id="measured"> the report's viewport and document width, any element of
 # the groups or findings that scrolls sideways, every visible element of those sections that
 # reaches past the viewport, each group cell's left and right edge and where its content starts,
-# and each finding's width.
+# each finding's width, and where the trend chart's newest point is.
 MEASURE = """<!doctype html>
 <html><head><meta charset="utf-8"><style>body {{ margin: 0 }} iframe {{ border: 0; display: block }}</style></head>
 <body>
@@ -69,9 +69,13 @@ window.addEventListener("load", function () {{
   doc.querySelectorAll("#findings .finding").forEach(function (li) {{
     findings.push(Math.round(li.getBoundingClientRect().width));
   }});
+  var newest = null;  // the right edge of the trend chart's rightmost point: the newest run
+  doc.querySelectorAll("#trend circle").forEach(function (c) {{
+    newest = Math.max(newest === null ? -Infinity : newest, Math.round(c.getBoundingClientRect().right));
+  }});
   document.getElementById("measured").textContent = JSON.stringify({{
     viewport: vw, scrollWidth: Math.max(doc.documentElement.scrollWidth, doc.body.scrollWidth),
-    scrollers: scrollers, outside: outside, cells: cells, findings: findings
+    scrollers: scrollers, outside: outside, cells: cells, findings: findings, newest: newest
   }});
 }});
 </script>
@@ -120,6 +124,7 @@ def served(estate, monkeypatch, tmp_path) -> Iterator[tuple[str, dict[str, Any],
         monkeypatch.setenv(key, value)
     engine = estate.engine()
     monkeypatch.setattr(kvlink_app, "get_engine", lambda: engine)
+    run_audit(engine)  # the empty estate first: the trend has two runs or more, whatever other tests stored
     kv = estate.kv
     for name in ("db-password", "api-key", "m1"):
         kv.set_secret(estate.vault, name)
@@ -222,6 +227,7 @@ def test_layout_on_a_phone_and_a_desktop(chromium, served, tmp_path):
         # each card names its cells (a label beside each value): the value starts clear of it
         assert indent >= (0 if label == "group" else 90), (label, indent)
     assert phone["findings"] and all(w <= PHONE for w in phone["findings"])
+    assert 0 < phone["newest"] <= PHONE  # the chart scrolls, but opens on the newest run
 
     desktop = _measure(chromium, tmp_path, f"{site}/measure-{DESKTOP}.html", DESKTOP)
     assert desktop["scrollWidth"] <= DESKTOP and desktop["outside"] == [], desktop
