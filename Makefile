@@ -50,7 +50,8 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Debian's chromium for tests/test_report_browser.py (apt-get; a no-op once /usr/bin/chromium exists).
+# Debian's chromium for tests/test_report_browser.py (apt-get; a no-op once /usr/bin/chromium exists,
+# or when KVLINK_SKIP_BROWSER=1, which skips the browser test as well).
 browser:
 	bash scripts/install-chromium.sh
 

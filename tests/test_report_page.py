@@ -312,6 +312,15 @@ class TestGroupsAndFindings:
         page = Page(html)
         assert page.tags("img") == [] and page.tags("script") == []
         assert not [name for _, attrs in page.elements for name in attrs if name.startswith("on")]
+        # the phone layout labels each cell from a fixed attribute, never from a name
+        assert {attrs.get("data-label") for attrs in page.tags("td")} == {
+            None,
+            "Status",
+            "Vault",
+            "Mapped",
+            "Last change",
+            "Policy",
+        }
         assert a in page.text and b in page.text
         assert page.text.count(a) >= 3 and page.text.count(b) >= 3
         for link in page.tags("a"):
