@@ -8,6 +8,7 @@ linked ones, and prints the ``export`` lines that point ``python -m kvlink_core`
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import shlex
 import signal
@@ -163,8 +164,7 @@ def serve(
     if port and not 0 < port <= 65533:
         err.write(f"error: --port must be between 1 and 65533 (three ports from it), not {port}\n")
         return 1
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _raise_stopped)
+    previous = {signum: signal.signal(signum, _raise_stopped) for signum in (signal.SIGINT, signal.SIGTERM)}
     ports = (port, port + 1, port + 2) if port else (0, 0, 0)
     try:
         with _only_one(directory), local_stack(directory, ports=ports) as stack:
@@ -182,6 +182,14 @@ def serve(
             out.write("".join(f"{line}\n" for line in lines))
             out.flush()
             status = stack.azurite.wait()
+    except OSError as problem:
+        if problem.errno != errno.EADDRINUSE:
+            raise
+        err.write(f"error: {problem.strerror}: pick another --port, or leave it out\n")
+        return 1
+    except RuntimeError as problem:  # Azurite missing, or it could not start
+        err.write(f"error: {problem}\n")
+        return 1
     except Stopped as stopped:
         out.write(f"# {stopped}: stand-ins stopped, Azurite ended\n")
         out.flush()
@@ -189,6 +197,9 @@ def serve(
     else:
         err.write(f"error: Azurite exited unexpectedly (status {status}); stand-ins stopped\n")
         return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _banner(stack: Stack, groups: list[Seeded]) -> list[str]:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -50,10 +51,28 @@ class Stack:
 def local_stack(ca_dir: Path, *, ports: tuple[int, int, int] = (0, 0, 0)) -> Iterator[Stack]:
     """Start the stand-ins and Azurite (ports: Key Vault, Azure DevOps, Azurite; 0 = any free one);
     the CA's bundle is written to ``ca_dir``. Everything is stopped on exit, Azurite's process ended."""
+    for port in filter(None, ports):
+        _check_free(port)
     kv_port, ado_port, table_port = ports
     ca = ThrowawayCA(ca_dir)
+    kv = KeyVaultStandIn(ssl_context=ca.server_context(), token=EMULATOR_TOKEN, port=kv_port)
+    ado = DevOpsStandIn(ssl_context=ca.server_context(), pat=PAT, port=ado_port)
+    azurite = Azurite(port=table_port or None)
     with ExitStack() as running:
-        kv = running.enter_context(KeyVaultStandIn(ssl_context=ca.server_context(), token=EMULATOR_TOKEN, port=kv_port))
-        ado = running.enter_context(DevOpsStandIn(ssl_context=ca.server_context(), pat=PAT, port=ado_port))
-        azurite = running.enter_context(Azurite(port=table_port or None))
+        # Each stop is registered before its start: a signal that interrupts a start (serve's Ctrl-C
+        # raises in the main thread) must still end what that start had begun, Azurite's process above all.
+        for service in (kv, ado, azurite):
+            running.callback(service.stop)
+            service.start()
         yield Stack(ca, kv, ado, azurite)
+
+
+def _check_free(port: int) -> None:
+    """Fail now if ``port`` is taken: Azurite's start only waits for *something* to listen there."""
+    with socket.socket() as probe:
+        # As the servers bind: connections of a previous run in TIME_WAIT do not make the port taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as taken:
+            raise OSError(taken.errno, f"port {port} on 127.0.0.1 is in use") from taken

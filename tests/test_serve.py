@@ -170,3 +170,21 @@ def test_sigterm_stops_it_cleanly_and_a_second_serve_on_the_same_folder_is_refus
     ports, azurite = served.ports(), served.azurite_pid()
     served.process.send_signal(signal.SIGTERM)
     assert_stopped_cleanly(served, ports, azurite, "SIGTERM")
+
+
+def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path) -> None:
+    """Azurite's start waits only for *something* to listen on its port, so a taken one is refused up front."""
+    from io import StringIO
+
+    from standins.serve import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        err = StringIO()
+        assert serve(tmp_path, port=port - 2, out=StringIO(), err=err) == 1
+    assert err.getvalue() == f"error: port {port} on 127.0.0.1 is in use: pick another --port, or leave it out\n"
+    err = StringIO()
+    assert serve(tmp_path, port=65534, out=StringIO(), err=err) == 1
+    assert "--port must be between 1 and 65533" in err.getvalue()
