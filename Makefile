@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` and `make test`. Each sets up what it needs first:
+# The README's two commands: `make demo` and `make test` (and `make serve`, a local estate to try the CLI on).
+# Each sets up what it needs first:
 # a virtualenv with pinned Python dependencies, Azurite (npm) under tools/, and for `make test`
 # checkov in its own virtualenv (tools/checkov-venv) so its pins never meet the app's, and
 # Debian's Chromium for the report page's browser test.
@@ -12,7 +13,7 @@ CHECKOV_VENV := tools/checkov-venv
 CHECKOV_STAMP := $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
 CHECKOV_REPORT := $(CHECKOV_VENV)/report.json
 
-.PHONY: setup demo test lint infra-check browser bench clean
+.PHONY: setup demo serve test lint infra-check browser bench clean
 
 setup: $(STAMP) $(AZURITE)
 
@@ -45,6 +46,10 @@ infra-check: $(CHECKOV_STAMP)
 demo: setup
 	$(BIN)/python -m kvlink_core demo
 
+# Runs until Ctrl-C; in another shell, `source .kvlink-serve/env.sh` and use `python -m kvlink_core`.
+serve: setup
+	$(BIN)/python -m standins serve --env-file .kvlink-serve/env.sh
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -59,7 +64,7 @@ test: lint infra-check browser
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) $(CHECKOV_VENV) tools/node_modules .kvlink-serve .pytest_cache .mypy_cache .ruff_cache .coverage
 
 bench: setup
 	$(BIN)/python -m bench

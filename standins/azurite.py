@@ -81,6 +81,15 @@ class Azurite:
         self.stop()
         raise RuntimeError(f"Azurite did not listen on port {self.port} within {timeout:.0f}s")
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def wait(self) -> int:
+        """Block until Azurite's process ends (it should not, before :meth:`stop`); its exit status."""
+        assert self._process is not None, "Azurite not started"
+        return self._process.wait()
+
     def stop(self) -> None:
         if self._process is not None:
             self._process.terminate()

@@ -15,17 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kvlink_core.settings import HOSTING_VARIABLES
-
 from .azurite import Azurite
 from .devops import DevOpsStandIn
 from .events import as_trigger_input, secret_event
 from .keyvault import KeyVaultStandIn
 from .logs import envelopes
-from .tls import ThrowawayCA
+from .stack import local_stack
 
 ORG, PROJECT, VAULT, GROUP = "demo-org", "Payments", "kv-demo", "payments-kv"
-PAT = "demo-pat-not-a-secret"  # accepted only by the local stand-in
 
 
 class _Out:
@@ -46,37 +43,22 @@ def run(write: Callable[[str], None] = print, *, report_path: Path | None = None
     """
     out = _Out(write)
     page = (report_path or Path("kvlink-report.html")).resolve()
-    with tempfile.TemporaryDirectory(prefix="kvlink-demo-") as tmp:
-        ca = ThrowawayCA(Path(tmp))
-        kv = KeyVaultStandIn(ssl_context=ca.server_context(), token="kvlink-emulator-token")
-        ado = DevOpsStandIn(ssl_context=ca.server_context(), pat=PAT)
-        with kv, ado, Azurite() as azurite:
-            env = {
-                "KVLINK_DEVOPS_ORGS": ORG,
-                "KVLINK_ALLOWED_VAULTS": VAULT,
-                "AZURE_DEVOPS_PAT": PAT,
-                "AzureWebJobsStorage": azurite.connection_string,
-                "KVLINK_DEVOPS_URL": ado.base_url,
-                "KVLINK_VAULT_URL": kv.vault_url_template,
-                "KVLINK_CA_BUNDLE": str(ca.bundle_path),
-                "KVLINK_EMULATOR": "1",
-                # Blank (unset, to kvlink): every endpoint is one of the demo's own loopback stand-ins,
-                # and container runtimes set CONTAINER_NAME on laptops and CI runners too.
-                **dict.fromkeys(HOSTING_VARIABLES, ""),
-            }
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            try:
-                return _scenario(out, kv, ado, azurite, page)
-            finally:
-                from kvlink_core import app
+    with tempfile.TemporaryDirectory(prefix="kvlink-demo-") as tmp, local_stack(Path(tmp)) as stack:
+        kv, ado, azurite = stack.kv, stack.ado, stack.azurite
+        env = stack.settings([ORG], [VAULT])
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return _scenario(out, kv, ado, azurite, page)
+        finally:
+            from kvlink_core import app
 
-                app.reset()
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
+            app.reset()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azurite, page: Path) -> int:

@@ -169,7 +169,7 @@ class TestDemoWithoutStandIns:
         """The stand-ins are there but a development dependency is not: exit 1 naming it."""
         import sys
 
-        for name in [m for m in sys.modules if m == "standins.demo" or m == "standins.tls"]:
+        for name in [m for m in sys.modules if m in ("standins.demo", "standins.stack", "standins.tls")]:
             monkeypatch.delitem(sys.modules, name)
         monkeypatch.setitem(sys.modules, "trustme", None)
         code, err = self.demo()
