@@ -102,7 +102,7 @@ finally {
 }
 Write-Host "Done. Secret events now reach on_secret_event; audit logs reach $($e.EVENTHUB_NAME)."
 
-# 4. What azd cannot do: Azure DevOps has no Azure API, so someone must let the identity in by hand.
+# 4. What azd cannot do: Azure DevOps users are not Azure resources, so someone lets the identity in.
 #    The identity's name is its display name in Entra ID, what the "Add users" dialog searches for.
 $identity = if ($e['AZURE_FUNCTION_IDENTITY_NAME']) { $e['AZURE_FUNCTION_IDENTITY_NAME'] } else { "the id-... managed identity in $($e.AZURE_RESOURCE_GROUP) (run 'azd provision' to record its name)" }
 $clientId = if ($e['AZURE_FUNCTION_IDENTITY_CLIENT_ID']) { $e['AZURE_FUNCTION_IDENTITY_CLIENT_ID'] } else { 'unknown' }

@@ -115,7 +115,7 @@ az deployment sub create \
   --output none
 echo "Done. Secret events now reach on_secret_event; audit logs reach $EVENTHUB_NAME."
 
-# 4. What azd cannot do: Azure DevOps has no Azure API, so someone must let the identity in by hand.
+# 4. What azd cannot do: Azure DevOps users are not Azure resources, so someone lets the identity in.
 #    The identity's name is its display name in Entra ID, what the "Add users" dialog searches for.
 identity="${AZURE_FUNCTION_IDENTITY_NAME:-the id-... managed identity in $AZURE_RESOURCE_GROUP (run 'azd provision' to record its name)}"
 check_settings="KVLINK_DEVOPS_ORGS='${KVLINK_DEVOPS_ORGS:-}' KVLINK_ALLOWED_VAULTS='${KVLINK_ALLOWED_VAULTS:-}'"

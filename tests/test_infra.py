@@ -499,3 +499,20 @@ def test_postdeploy_ps1_prints_the_same_ending():
     ):
         assert needed in ending
     assert "python -m kvlink_core audit --dry-run" in ending
+
+
+def test_readme_log_queries_match_the_lines_kvlink_writes():
+    """The README's two Log Analytics queries look for the prefixes the audit and every group write log."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Alerts and logs", 1)[1].split("\n### ", 1)[0]
+    summaries, writes = re.findall(r"```kusto\n(.*?)```", section, flags=re.DOTALL)
+    assert 'Message startswith "kvlink audit {"' in summaries
+    assert 'logger.info("kvlink audit %s", json.dumps(' in (ROOT / "kvlink_core" / "audit.py").read_text()
+    write_format = "Group %s (%s): added %s, removed %s (%s)"
+    assert f'"{write_format}"' in (ROOT / "kvlink_core" / "sync.py").read_text()
+    logged = logging.LogRecord(
+        "kvlink", logging.INFO, "", 0, write_format, ("g", "contoso/42", ["a"], [], "event 1"), None
+    )
+    assert 'Message startswith "Group " and Message has "): added "' in writes
+    assert logged.getMessage().startswith("Group ") and "): added " in logged.getMessage()
+    assert '"Group " Group " (" Key "): added " Added ", removed " Removed " (" Origin' in writes

@@ -22,8 +22,9 @@ param alertEmail string = ''
 // The nightly audit logs exactly one line "kvlink audit {json}" (kvlink_core/audit.py run_audit). The query
 // returns a row, and so fires, when the newest line says drift remains (which includes unreached
 // organizations and vaults), when it counts open errors, when its report could not be stored, or when no
-// line was written in 26 hours (the nightly schedule plus slack for a slow or retried run). The empty datatable keeps the query valid before the app has
-// logged anything: without it a workspace with no AppTraces table yet fails the query instead of firing.
+// line was written in 26 hours (the nightly schedule plus slack for a slow or retried run). The empty
+// datatable keeps the query valid before the app has logged anything: without it a workspace with no
+// AppTraces table yet fails the query instead of firing.
 var query = '''
 let staleAfter = 26h;
 let audits = union isfuzzy=true
@@ -42,7 +43,7 @@ union
         | where DriftRemains or OpenErrors > 0 or not(ReportStored)
         | extend Reason = strcat("drift remains: ", DriftRemains, "; open errors: ", OpenErrors,
             "; unreached: ", Unreached, "; report stored: ", ReportStored)),
-    (print TimeGenerated = now(), Reason = strcat("no kvlink audit line in the last ", staleAfter)
+    (print TimeGenerated = now(), Reason = "no kvlink audit line in 26 hours"
         | where toscalar(audits | count) == 0)
 '''
 
