@@ -96,6 +96,9 @@ param vaultUrl string = 'https://{vault}${environment().suffixes.keyvaultDns}'
 @description('Create an Event Grid custom topic for kvlink\'s notifications and set KVLINK_NOTIFY_TOPIC_ENDPOINT.')
 param enableNotifications bool = false
 
+@description('E-mail address for the audit alert (drift, open errors, no audit for 26 h). Empty: the alert still fires in Azure Monitor, but no action group and no e-mail.')
+param alertEmail string = ''
+
 @description('Optional name overrides; empty means abbreviation + resource token.')
 param resourceGroupName string = ''
 param functionAppName string = ''
@@ -168,6 +171,19 @@ module monitoring 'core/monitor/monitoring.bicep' = {
     applicationInsightsName: '${abbrs.insightsComponents}${resourceToken}'
     location: location
     tags: tags
+  }
+}
+
+// Tells someone when the nightly audit finds drift or errors, or stops running (README "Deploy to Azure").
+module auditAlert 'core/monitor/audit-alert.bicep' = {
+  name: 'audit-alert'
+  scope: rg
+  params: {
+    name: 'alert-kvlink-audit-${resourceToken}'
+    location: location
+    tags: tags
+    workspaceId: monitoring.outputs.logAnalyticsId
+    alertEmail: alertEmail
   }
 }
 
@@ -267,6 +283,9 @@ output SERVICE_API_NAME string = functionApp.outputs.name
 output SERVICE_API_URI string = functionApp.outputs.uri
 output AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output AZURE_FUNCTION_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+// The managed identity's name is its display name in Microsoft Entra ID: what Azure DevOps' "Add users"
+// dialog searches for (README "The one manual step").
+output AZURE_FUNCTION_IDENTITY_NAME string = identity.outputs.name
 output AZURE_EVENTGRID_IDENTITY_ID string = eventGridIdentity.outputs.id
 output AZURE_STORAGE_ACCOUNT_ID string = storage.outputs.id
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
@@ -277,3 +296,5 @@ output EVENTHUB_DIAGNOSTICS_RULE_ID string = eventHub.outputs.diagnosticsRuleId
 output KVLINK_ALLOWED_VAULTS string = join(vaultNames, ',')
 output KVLINK_NOTIFY_TOPIC_ENDPOINT string = enableNotifications ? notifyTopic!.outputs.endpoint : ''
 output APPLICATIONINSIGHTS_CONNECTION_STRING string = monitoring.outputs.applicationInsightsConnectionString
+output AZURE_LOG_ANALYTICS_WORKSPACE_ID string = monitoring.outputs.logAnalyticsId
+output KVLINK_AUDIT_ALERT_NAME string = auditAlert.outputs.alertRuleName

@@ -101,3 +101,16 @@ finally {
     Remove-Item -Path $parametersFile -ErrorAction SilentlyContinue
 }
 Write-Host "Done. Secret events now reach on_secret_event; audit logs reach $($e.EVENTHUB_NAME)."
+
+# 4. What azd cannot do: Azure DevOps users are not Azure resources, so someone lets the identity in.
+#    The identity's name is its display name in Entra ID, what the "Add users" dialog searches for.
+$identity = if ($e['AZURE_FUNCTION_IDENTITY_NAME']) { $e['AZURE_FUNCTION_IDENTITY_NAME'] } else { "the id-... managed identity in $($e.AZURE_RESOURCE_GROUP) (run 'azd provision' to record its name)" }
+$clientId = if ($e['AZURE_FUNCTION_IDENTITY_CLIENT_ID']) { $e['AZURE_FUNCTION_IDENTITY_CLIENT_ID'] } else { 'unknown' }
+$orgs = if ($e['KVLINK_DEVOPS_ORGS']) { $e['KVLINK_DEVOPS_ORGS'] } else { 'unset' }
+$uri = if ($e['SERVICE_API_URI']) { $e['SERVICE_API_URI'] } else { '<SERVICE_API_URI>' }
+$checkSettings = "`$env:KVLINK_DEVOPS_ORGS='$($e['KVLINK_DEVOPS_ORGS'])'; `$env:KVLINK_ALLOWED_VAULTS='$($e['KVLINK_ALLOWED_VAULTS'])';"
+if ($e['KVLINK_DEVOPS_PROJECTS']) { $checkSettings += " `$env:KVLINK_DEVOPS_PROJECTS='$($e['KVLINK_DEVOPS_PROJECTS'])';" }
+Write-Host ''
+Write-Host "Azure DevOps identity: $identity (client id $clientId)"
+Write-Host "Manual step (README 'The one manual step'): in each organization of KVLINK_DEVOPS_ORGS ($orgs), Organization settings > Users > Add users: that identity, access level Basic, added to every project it should audit (Project Readers); then in each project Pipelines > Library > Security: Administrator; and at least Reader on the service connections its groups use."
+Write-Host "Check: curl.exe -fsS '$uri/api/health'; $checkSettings python -m kvlink_core audit --dry-run --json  # with Azurite running; `"unreached`": [] means Azure DevOps answers (README 'Verify the deployment')"

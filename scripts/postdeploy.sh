@@ -114,3 +114,13 @@ az deployment sub create \
   --parameters "@$params" \
   --output none
 echo "Done. Secret events now reach on_secret_event; audit logs reach $EVENTHUB_NAME."
+
+# 4. What azd cannot do: Azure DevOps users are not Azure resources, so someone lets the identity in.
+#    The identity's name is its display name in Entra ID, what the "Add users" dialog searches for.
+identity="${AZURE_FUNCTION_IDENTITY_NAME:-the id-... managed identity in $AZURE_RESOURCE_GROUP (run 'azd provision' to record its name)}"
+check_settings="KVLINK_DEVOPS_ORGS='${KVLINK_DEVOPS_ORGS:-}' KVLINK_ALLOWED_VAULTS='${KVLINK_ALLOWED_VAULTS:-}'"
+[[ -z "${KVLINK_DEVOPS_PROJECTS:-}" ]] || check_settings+=" KVLINK_DEVOPS_PROJECTS='$KVLINK_DEVOPS_PROJECTS'"
+echo
+echo "Azure DevOps identity: $identity (client id ${AZURE_FUNCTION_IDENTITY_CLIENT_ID:-unknown})"
+echo "Manual step (README 'The one manual step'): in each organization of KVLINK_DEVOPS_ORGS (${KVLINK_DEVOPS_ORGS:-unset}), Organization settings > Users > Add users: that identity, access level Basic, added to every project it should audit (Project Readers); then in each project Pipelines > Library > Security: Administrator; and at least Reader on the service connections its groups use."
+echo "Check: curl -fsS '${SERVICE_API_URI:-<SERVICE_API_URI>}/api/health' && $check_settings python -m kvlink_core audit --dry-run --json  # with Azurite running; \"unreached\": [] means Azure DevOps answers (README 'Verify the deployment')"

@@ -7,12 +7,17 @@ literal strings appear as themselves, references to parameters and variables as 
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pycep import BicepParser
+
+from kvlink_core.audit import run_audit
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -278,3 +283,236 @@ def test_azd_service_name_matches_the_function_app_tag():
     assert main["variables"]["serviceName"]["value"] == "api"
     tags = body(main["modules"]["functionApp"])["params"]["tags"]["function"]["parameters"]["arg_2"]
     assert tags == {"'azd-service-name'": "serviceName"}
+
+
+# -- telling someone when the audit finds trouble, or stops --------------------------------------------
+
+ALERT = INFRA / "core" / "monitor" / "audit-alert.bicep"
+
+
+def alert_query() -> str:
+    rule = body(parse(ALERT)["resources"]["auditAlert"])
+    (condition_,) = rule["properties"]["criteria"]["allOf"]
+    return resolve(ALERT, condition_["query"])
+
+
+def test_audit_alert_fires_on_drift_errors_or_26_hours_of_silence():
+    """One log search alert over AppTraces: rows (and so an alert) for drift, open errors or no audit line for 26 h."""
+    rule = body(parse(ALERT)["resources"]["auditAlert"])
+    assert rule["kind"] == "LogAlert"
+    properties = rule["properties"]
+    assert properties["scopes"] == ["workspaceId"]
+    (condition_,) = properties["criteria"]["allOf"]
+    assert (condition_["timeAggregation"], condition_["operator"], condition_["threshold"]) == (
+        "Count",
+        "GreaterThan",
+        0,
+    )
+    query = alert_query()
+    # Workspace-based Application Insights: the Python logging lines are AppTraces rows, the text in Message.
+    assert "(AppTraces | project TimeGenerated, Message)" in query
+    assert 'Message startswith "kvlink audit {"' in query
+    assert "union isfuzzy=true" in query  # a workspace without AppTraces yet still evaluates (and fires)
+    # The newest summary decides; drift, open errors and an unstored report each make a row.
+    assert "top 1 by TimeGenerated desc" in query
+    assert "where DriftRemains or OpenErrors > 0 or not(ReportStored)" in query
+    # Silence: no summary line in 26 hours makes a row of its own, and the rule may read that far back.
+    assert "let staleAfter = 26h;" in query
+    assert "where TimeGenerated > ago(staleAfter)" in query
+    assert "where toscalar(audits | count) == 0" in query
+    assert properties["overrideQueryTimeRange"] == "P2D"
+    assert properties["evaluationFrequency"] == "PT1H"
+    # main.bicep points it at the workspace Application Insights writes to.
+    module = body(parse(INFRA / "main.bicep")["modules"]["auditAlert"])
+    assert module["params"]["workspaceId"] == {
+        "operator": {
+            "type": "property_accessor",
+            "operands": {
+                "operand_1": "monitoring",
+                "operand_2": {
+                    "operator": {
+                        "type": "property_accessor",
+                        "operands": {"operand_1": "outputs", "operand_2": "logAnalyticsId"},
+                    }
+                },
+            },
+        }
+    }
+    assert "WorkspaceResourceId" in body(resources("Microsoft.Insights/components")[0][2])["properties"]
+
+
+def test_action_group_exists_only_with_an_alert_email():
+    """The e-mail action group is conditional on alertEmail (azd: KVLINK_ALERT_EMAIL, empty by default)."""
+    template = parse(ALERT)
+    group = template["resources"]["actionGroup"]
+    assert condition(group) == {
+        "operator": {
+            "type": "not",
+            "operands": {"bool_value": {"function": {"type": "empty", "parameters": {"item_to_test": "alertEmail"}}}},
+        }
+    }
+    (receiver,) = body(group)["properties"]["emailReceivers"]
+    assert receiver["emailAddress"] == "alertEmail"
+    actions = body(template["resources"]["auditAlert"])["properties"]["actions"]["actionGroups"]["operator"]
+    assert actions["type"] == "conditional"
+    assert actions["operands"]["condition"] == {
+        "function": {"type": "empty", "parameters": {"item_to_test": "alertEmail"}}
+    }
+    assert actions["operands"]["true_value"] == []
+    assert template["parameters"]["alertEmail"]["default"] == ""
+    main = parse(INFRA / "main.bicep")
+    assert main["parameters"]["alertEmail"]["default"] == ""
+    assert body(main["modules"]["auditAlert"])["params"]["alertEmail"] == "alertEmail"
+    mapped = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]["alertEmail"]["value"]
+    assert mapped == "${KVLINK_ALERT_EMAIL=}"
+
+
+@pytest.mark.integration
+def test_alert_query_reads_what_the_audit_logs(estate, app_engine, caplog):
+    """Every summary field the alert query reads is in the one line a real audit logs, under the prefix it matches."""
+    estate.kv.set_secret(estate.vault, "keep")
+    estate.link(app_engine, estate.group("payments-kv", ["keep", "gone"]))
+    caplog.set_level(logging.INFO, logger="kvlink_core.audit")
+
+    run_audit(app_engine)
+
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kvlink audit ")]
+    query = alert_query()
+    prefix = re.search(r'Message startswith "([^"]+)"', query)
+    assert prefix and line.startswith(prefix.group(1))
+    summary = json.loads(line.removeprefix("kvlink audit "))
+    paths = set(re.findall(r"summary\.([A-Za-z.]+)", query))
+    assert {"driftRemains", "openFindingsBySeverity.error", "unreached", "reportStored"} <= paths
+    for path in paths:
+        value: Any = summary
+        for key in path.split("."):
+            assert isinstance(value, dict) and key in value, f"the audit line has no {path}"
+            value = value[key]
+
+
+# -- the manual step, named at the end of every deployment ---------------------------------------------
+
+
+def test_identity_display_name_is_a_deployment_output():
+    """main.bicep outputs the managed identity's name: its display name, what Azure DevOps' "Add users" finds."""
+    outputs = parse(INFRA / "main.bicep")["outputs"]
+    assert outputs["AZURE_FUNCTION_IDENTITY_NAME"]["value"] == {
+        "operator": {
+            "type": "property_accessor",
+            "operands": {
+                "operand_1": "identity",
+                "operand_2": {
+                    "operator": {"type": "property_accessor", "operands": {"operand_1": "outputs", "operand_2": "name"}}
+                },
+            },
+        }
+    }
+    identity = parse(INFRA / "core" / "identity" / "user-assigned-identity.bicep")
+    assert identity["outputs"]["name"]["value"] == {
+        "operator": {"type": "property_accessor", "operands": {"operand_1": "identity", "operand_2": "name"}}
+    }
+
+
+RG = "/subscriptions/0001/resourceGroups/rg/providers"
+AZD_VALUES = {
+    "AZURE_ENV_NAME": "kvlink-prod",
+    "AZURE_LOCATION": "westeurope",
+    "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000001",
+    "AZURE_RESOURCE_GROUP": "rg-kvlink-prod",
+    "AZURE_FUNCTION_APP_NAME": "func-abc123",
+    "AZURE_FUNCTION_APP_ID": f"{RG}/Microsoft.Web/sites/func-abc123",
+    "AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID": "11111111-1111-1111-1111-111111111111",
+    "AZURE_FUNCTION_IDENTITY_CLIENT_ID": "22222222-2222-2222-2222-222222222222",
+    "AZURE_FUNCTION_IDENTITY_NAME": "id-abc123",
+    "AZURE_EVENTGRID_IDENTITY_ID": f"{RG}/Microsoft.ManagedIdentity/userAssignedIdentities/id-evgt",
+    "AZURE_STORAGE_ACCOUNT_ID": f"{RG}/Microsoft.Storage/storageAccounts/stabc123",
+    "EVENTGRID_DEADLETTER_CONTAINER": "eventgrid-deadletter",
+    "EVENTHUB_NAME": "evh-kvlink-audit",
+    "EVENTHUB_DIAGNOSTICS_RULE_ID": f"{RG}/Microsoft.EventHub/namespaces/evhns/authorizationRules/kvlink-diagnostics",
+    "KVLINK_VAULT_IDS": f"{RG}/Microsoft.KeyVault/vaults/kv-contoso-prod",
+    "KVLINK_DEVOPS_ORGS": "contoso",
+    "KVLINK_ALLOWED_VAULTS": "kv-contoso-prod",
+    "SERVICE_API_URI": "https://func-abc123.azurewebsites.net",
+}
+
+# Stand-ins for the two CLIs the hook calls: azd prints the environment, az answers what the hook asks
+# (the app lists on_secret_event; the vault is an access-policy vault in the region; no system topic).
+AZD_STUB = """#!/usr/bin/env bash
+[[ "$*" == "env get-values" ]] || { echo "azd stub: unexpected $*" >&2; exit 2; }
+cat "$(dirname "$0")/values"
+"""
+AZ_STUB = """#!/usr/bin/env bash
+echo "$*" >> "$(dirname "$0")/az.log"
+case "$1 $2" in
+  "functionapp function") echo on_secret_event ;;
+  "resource show") printf 'westeurope\\tfalse\\n' ;;
+  "eventgrid system-topic") ;;
+  "deployment sub") ;;
+  *) echo "az stub: unexpected $*" >&2; exit 2 ;;
+esac
+"""
+
+
+def test_postdeploy_ends_with_the_manual_step_and_a_check(tmp_path):
+    """Run under bash with stand-in az/azd: the hook deploys, then names the identity, the step and a check."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "values").write_text("".join(f'{key}="{value}"\n' for key, value in AZD_VALUES.items()))
+    for name, text in {"azd": AZD_STUB, "az": AZ_STUB}.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    environment = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "postdeploy.sh")],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "deployment sub create" in (bin_dir / "az.log").read_text()
+    lines = done.stdout.strip().splitlines()
+    identity, step, check = lines[-3:]
+    assert identity == "Azure DevOps identity: id-abc123 (client id 22222222-2222-2222-2222-222222222222)"
+    for needed in ("contoso", "Add users", "Basic", "every project", "Library > Security: Administrator", "Reader"):
+        assert needed in step
+    assert check.startswith("Check: curl -fsS 'https://func-abc123.azurewebsites.net/api/health' && ")
+    assert (
+        "KVLINK_DEVOPS_ORGS='contoso' KVLINK_ALLOWED_VAULTS='kv-contoso-prod' python -m kvlink_core audit --dry-run"
+        in check
+    )
+
+
+def test_postdeploy_ps1_prints_the_same_ending():
+    """No PowerShell here: the Windows hook's last lines say the same things (text check)."""
+    script = (ROOT / "scripts" / "postdeploy.ps1").read_text()
+    ending = script.split("# 4. What azd cannot do", 1)[1]
+    for needed in (
+        "AZURE_FUNCTION_IDENTITY_NAME",
+        "Add users",
+        "Basic",
+        "Library > Security: Administrator",
+        "/api/health",
+    ):
+        assert needed in ending
+    assert "python -m kvlink_core audit --dry-run" in ending
+
+
+def test_readme_log_queries_match_the_lines_kvlink_writes():
+    """The README's two Log Analytics queries look for the prefixes the audit and every group write log."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Alerts and logs", 1)[1].split("\n### ", 1)[0]
+    summaries, writes = re.findall(r"```kusto\n(.*?)```", section, flags=re.DOTALL)
+    assert 'Message startswith "kvlink audit {"' in summaries
+    assert 'logger.info("kvlink audit %s", json.dumps(' in (ROOT / "kvlink_core" / "audit.py").read_text()
+    write_format = "Group %s (%s): added %s, removed %s (%s)"
+    assert f'"{write_format}"' in (ROOT / "kvlink_core" / "sync.py").read_text()
+    logged = logging.LogRecord(
+        "kvlink", logging.INFO, "", 0, write_format, ("g", "contoso/42", ["a"], [], "event 1"), None
+    )
+    assert 'Message startswith "Group " and Message has "): added "' in writes
+    assert logged.getMessage().startswith("Group ") and "): added " in logged.getMessage()
+    assert '"Group " Group " (" Key "): added " Added ", removed " Removed " (" Origin' in writes
