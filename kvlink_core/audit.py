@@ -482,6 +482,11 @@ class _Run:
                 self.report.groups_changed += 1
                 self.report.names_added += len(plan.add)
                 self.report.names_removed += len(plan.remove)
+        elif outcome.status == "planned":  # a dry run: what the repair would change, counted alike
+            with self.lock:
+                self.report.groups_changed += 1
+                self.report.names_added += len(plan.add)
+                self.report.names_removed += len(plan.remove)
         elif outcome.status == "refused":
             findings.append(
                 Finding.about(

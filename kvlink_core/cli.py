@@ -552,7 +552,8 @@ def _findings_table(report: Any, out: TextIO) -> None:
     unchecked = f", {groups['unreached']} not reached" if groups.get("unreached") else ""
     print(
         f"{'dry run: ' if summary['dryRun'] else ''}{audited} ({groups['linked']} linked, {groups['discovered']} "
-        f"discovered{unchecked}) over {_plural(summary['vaults'], 'vault')}; {groups['changed']} changed "
+        f"discovered{unchecked}) over {_plural(summary['vaults'], 'vault')}; {groups['changed']} "
+        f"{'to change' if summary['dryRun'] else 'changed'} "
         f"(+{names['added']} -{names['removed']}); findings: {_plural(counts['error'], 'error')}, "
         f"{_plural(counts['warning'], 'warning')}, {counts['info']} info; {summary['durationSeconds']}s",
         file=out,

@@ -152,9 +152,9 @@ class LinkResult:
             return f"created group {self.link.group_name!r} with {names} and linked it"
         if not self.changed:
             return "already linked with this policy; the group is in step; nothing changed"
-        if not self.applied and self.plan.changed:
-            return "dry run: nothing was written"
-        return "linked; the group is in step with the vault"
+        if not self.applied:
+            return "dry run: nothing was written" if self.plan.changed else "dry run: would link it (group in step)"
+        return "linked; the group now matches the vault" if self.plan.changed else "linked; the group was in step"
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,6 +172,16 @@ class TestAudit:
         }
         assert leftover == {"g4-storm"}  # only the refused storm still has drift
 
+    def test_dry_run_counts_what_it_would_change(self, big):
+        """A dry run writes nothing, yet its summary counts the groups and names a repair would change."""
+        big.e.ado.reset_calls()
+        report = run_audit(big.engine, dry_run=True)
+        assert big.e.ado.writes(big.org_a) == [] and big.e.ado.writes(big.org_b) == []
+        summary = report.summary()
+        assert summary["dryRun"] is True
+        # g1-drift (+3 -2) and g3-unlinked (-1), exactly what the applying run then changes
+        assert summary["groups"]["changed"] == 2 and summary["names"] == {"added": 3, "removed": 3}
+
     def test_report_keeps_a_summary_of_each_group(self, big):
         """The stored report lists each audited group: policy, names after the run, and what the audit did."""
         report = run_audit(big.engine)

@@ -464,3 +464,23 @@ class TestSyncFlags:
         assert cli("sync", *where, "--dry-run")[0] == 2
         assert cli("sync", *where)[0] == 0
         assert estate.names(group_id) == ["api-key", "db-password"]
+
+
+def test_output_cut_short_by_the_reader_is_not_a_traceback():
+    """`python -m kvlink_core links | head -1`: the reader leaves early; kvlink stops quietly, exit 1."""
+    import subprocess
+    import sys
+
+    # The real entry point (kvlink_core/__main__.py) around a main() that prints more than a pipe holds.
+    child_code = (
+        "import runpy, kvlink_core.cli as cli\n"
+        "cli.main = lambda: print('x' * 1_000_000) or 0\n"
+        "runpy.run_module('kvlink_core', run_name='__main__')\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", child_code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.read(10)
+    child.stdout.close()  # the reader goes away with most of the output unread
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 1
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
