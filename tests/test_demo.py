@@ -27,3 +27,24 @@ def test_demo_succeeds(tmp_path, monkeypatch):
     assert f"report page (GET /api/report): {page}" in text
     html = page.read_text(encoding="utf-8")
     assert "payments-kv" in html and "retired-key" in html
+
+
+def test_readme_transcript_is_what_the_demo_prints(tmp_path):
+    """The README shows the demo's output as it is today: every line, ports, paths and times aside."""
+    import re
+    from pathlib import Path
+
+    lines: list[str] = []
+    assert run(lines.append, report_path=tmp_path / "kvlink-report.html") == 0
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    transcript = readme[readme.index("$ make demo\n") :]
+    transcript = transcript[: transcript.index("```")]
+
+    def normal(text: str) -> str:
+        text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", text)
+        text = re.sub(r"\d+\.\d+s\b", "Ns", text)
+        return re.sub(r"\(GET /api/report\): \S+", "(GET /api/report): PATH", text)
+
+    shown = {normal(line) for line in transcript.splitlines()}
+    missing = [line for line in "\n".join(lines).splitlines() if normal(line) not in shown]
+    assert missing == [], missing
