@@ -244,6 +244,35 @@ class Estate:
         engine.registry.save_link(link)
         return link
 
+    def link_body(self, **overrides: Any) -> dict[str, Any]:
+        """The usual ``POST /api/links`` body: group "payments-kv" on this estate's vault (None drops a field)."""
+        body = {
+            "organization": self.org,
+            "project": self.project,
+            "group": "payments-kv",
+            "vault": self.vault,
+            "serviceConnection": "kv-connection",
+            **overrides,
+        }
+        return {k: v for k, v in body.items() if v is not None}
+
+    def link_argv(self, *extra: str) -> list[str]:
+        """The same link as CLI arguments."""
+        return [
+            "link",
+            "--organization",
+            self.org,
+            "--project",
+            self.project,
+            "--group",
+            "payments-kv",
+            "--vault",
+            self.vault,
+            "--service-connection",
+            "kv-connection",
+            *extra,
+        ]
+
     def names(self, group_id: int) -> list[str]:
         return sorted(self.ado.variable_names(self.org, group_id), key=str.lower)
 

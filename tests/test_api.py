@@ -44,15 +44,7 @@ def api(app_engine):
 
 
 def link_body(estate, **overrides) -> dict:
-    body = {
-        "organization": estate.org,
-        "project": estate.project,
-        "group": "payments-kv",
-        "vault": estate.vault,
-        "serviceConnection": "kv-connection",
-    }
-    body.update(overrides)
-    return {k: v for k, v in body.items() if v is not None}
+    return estate.link_body(**overrides)
 
 
 def post_link(estate, **overrides):

@@ -27,20 +27,7 @@ def cli(app_engine):
 
 
 def link_args(estate, *extra: str) -> list[str]:
-    return [
-        "link",
-        "--organization",
-        estate.org,
-        "--project",
-        estate.project,
-        "--group",
-        "payments-kv",
-        "--vault",
-        estate.vault,
-        "--service-connection",
-        "kv-connection",
-        *extra,
-    ]
+    return estate.link_argv(*extra)
 
 
 class TestLink:

@@ -251,13 +251,7 @@ class TestNoToken:
 
     def test_api_links_answers_502_with_the_reason(self, estate, no_token):
         estate.kv.set_secret(estate.vault, "db-password")
-        body = {
-            "organization": estate.org,
-            "project": estate.project,
-            "group": "payments-kv",
-            "vault": estate.vault,
-            "serviceConnection": "kv-connection",
-        }
+        body = estate.link_body()
         req = func.HttpRequest(
             method="POST",
             url="http://localhost:7071/api/links",
@@ -297,20 +291,7 @@ class TestNoToken:
         would swallow the SDK's warning in-process); the bootstrap only injects the credential.
         """
         estate.kv.set_secret(estate.vault, "db-password")
-        argv = [
-            "link",
-            "--organization",
-            estate.org,
-            "--project",
-            estate.project,
-            "--group",
-            "payments-kv",
-            "--vault",
-            estate.vault,
-            "--service-connection",
-            "kv-connection",
-            *(["--dry-run"] if dry_run else []),
-        ]
+        argv = estate.link_argv(*(["--dry-run"] if dry_run else []))
         env = {k: v for k, v in os.environ.items() if k not in HOSTING_VARIABLES and k != "AZURE_DEVOPS_PAT"}
         env.update({k: v for k, v in estate.env.items() if k != "AZURE_DEVOPS_PAT"})
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(Path(__file__).parent)])

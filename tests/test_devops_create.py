@@ -183,13 +183,7 @@ class TestCreateLookupBeforeRetry:
 
 
 def post_link(estate) -> tuple[int, dict[str, Any]]:
-    body = {
-        "organization": estate.org,
-        "project": estate.project,
-        "group": "payments-kv",
-        "vault": estate.vault,
-        "serviceConnection": "kv-connection",
-    }
+    body = estate.link_body()
     request = func.HttpRequest(
         method="POST",
         url="http://localhost:7071/api/links",

@@ -144,13 +144,7 @@ class TestLongListings:
         status, body = http(
             "POST",
             "links",
-            {
-                "organization": paged.org,
-                "project": paged.project,
-                "group": "payments-kv",
-                "vault": paged.vault,
-                "serviceConnection": "kv-connection",
-            },
+            paged.link_body(),
         )
         assert status == 201, body
         assert paged.names(body["link"]["groupId"]) == names

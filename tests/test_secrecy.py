@@ -78,13 +78,7 @@ def test_every_path_keeps_credentials_out_of_logs_bodies_and_cli_output(estate, 
         return code
 
     estate.kv.set_secret(estate.vault, "db-password")
-    link = {
-        "organization": estate.org,
-        "project": estate.project,
-        "group": "payments-kv",
-        "vault": estate.vault,
-        "serviceConnection": "kv-connection",
-    }
+    link = estate.link_body()
     call(function_app.links, "POST", "links", link)
     version = estate.kv.set_secret(estate.vault, "api-key")
     function_app.on_secret_event(as_trigger_input(secret_event(estate.vault, "api-key", version)))
