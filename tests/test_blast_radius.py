@@ -335,3 +335,41 @@ def test_breaking_kinds_are_the_ones_the_issue_names():
         "sync-refused",
         "write-failed",
     } == BREAKING
+
+
+def test_hostile_pipeline_names_and_urls_stay_text():
+    """A pipeline named to be markup is text; an address that is not http(s) never becomes a link."""
+    from datetime import UTC, datetime
+
+    from test_report_page import HOSTILE, Page
+
+    a, b = HOSTILE
+    finding = {
+        "severity": "error",
+        "kind": "secret-deleted",
+        "message": "gone is mapped but vault kv has no such secret",
+        "organization": "org",
+        "project": "Payments",
+        "groupId": 3,
+        "group": "payments-kv",
+        "vault": "kv",
+        "secret": "gone",
+        "repaired": False,
+        "pipelines": [
+            {"id": 1, "name": a, "folder": b, "url": "javascript:alert(1)"},
+            {"id": 2, "name": b, "folder": "\\", "url": "https://dev.azure.com/org/p/_build/definition?definitionId=2"},
+        ],
+        "allPipelines": False,
+        "pipelinesUnknown": None,
+    }
+    now = datetime.now(UTC)
+    latest = {"finished": now.isoformat(), "findings": [finding], "findingsBySeverity": {"error": 1}}
+    html = render_report(latest, [latest], [], now=now, devops_url="https://dev.azure.com")
+    page = Page(html)
+    assert page.tags("img") == [] and page.tags("script") == []
+    assert not [name for _, attrs in page.elements for name in attrs if name.startswith("on")]
+    (card,) = page.by_class("finding")
+    assert "Pipelines at risk 2" in card and a in card and b in card
+    hrefs = [attrs["href"] for attrs in page.tags("a")]
+    assert "javascript:alert(1)" not in hrefs
+    assert "https://dev.azure.com/org/p/_build/definition?definitionId=2" in hrefs
