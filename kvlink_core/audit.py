@@ -175,7 +175,8 @@ BREAKING = frozenset(
 )
 PIPELINES_DENIED = (
     "pipelines unknown: kvlink lacks permission to read pipelines "
-    "(PAT scope Build (Read); for its Microsoft Entra identity, 'View build pipeline' in the project)"
+    "(a PAT needs the scope Build: Read, vso.build; kvlink's Microsoft Entra identity needs "
+    "'View build pipeline' in the project, which Project Readers have)"
 )
 
 

@@ -206,7 +206,7 @@ def test_permission_denied_says_so_and_the_audit_goes_on(estate):
     report = run_audit(engine, dry_run=True, store=False)
     (finding,) = by_kind(report)["secret-deleted"]
     assert finding.pipelines == () and finding.pipelines_unknown == PIPELINES_DENIED
-    assert "Build (Read)" in PIPELINES_DENIED and "View build pipeline" in PIPELINES_DENIED
+    assert "Build: Read" in PIPELINES_DENIED and "View build pipeline" in PIPELINES_DENIED
     assert report.unreached == []  # the lookup never makes the estate "not reached"
     assert finding.as_json()["pipelinesUnknown"] == PIPELINES_DENIED
 
