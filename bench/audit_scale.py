@@ -202,6 +202,10 @@ def lower_bound(estate: dict[str, Any]) -> dict[str, int]:
       so a write that does not start from a read taken under the lease can revert a person's edit).
     * The audit's service-connection findings: one endpoints call per project with Key Vault
       groups (the call takes every id at once). A plain audit has no such finding; kvlink's does.
+    * The blast radius: per group still broken after the audit (an open breaking finding), one
+      pipeline-permissions call, and per project holding such a group one pipeline listing
+      (ceil(pipelines / 1000) pages). The generator's drift is all repairable, so an audit that
+      writes leaves no group broken here and the blast radius costs nothing: these count 0.
     """
     groups = estate["groups"]
     live = estate["live_secrets"]
@@ -209,6 +213,7 @@ def lower_bound(estate: dict[str, Any]) -> dict[str, int]:
     per_project = Counter((g["org"], g["project"]) for g in groups)
     per_org = Counter(org for org, _ in per_project)
     drifted = sum(1 for g in groups if g["must_write"])
+    broken = [g for g in groups if g.get("stays_broken")]  # none in this generator's estates
     bound = {
         "vault pages": sum(max(1, math.ceil(live[v] / KV_PAGE)) for v in vaults),
         "project listings": sum(max(1, math.ceil(n / PROJECT_PAGE)) for n in per_org.values()),
@@ -216,12 +221,16 @@ def lower_bound(estate: dict[str, Any]) -> dict[str, int]:
         "service-connection checks": len(per_project),
         "reads under the lease": drifted,
         "writes": drifted,
+        "pipeline permissions": len(broken),
+        "pipeline listings": len({(g["org"], g["project"]) for g in broken}),
     }
     bound["devops GET"] = (
         bound["project listings"]
         + bound["group listings"]
         + bound["service-connection checks"]
         + bound["reads under the lease"]
+        + bound["pipeline permissions"]
+        + bound["pipeline listings"]
     )
     return bound
 

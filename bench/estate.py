@@ -199,6 +199,10 @@ def _kind(method: str, path: str) -> str:
         return "project listing"
     if "/serviceendpoint/" in path:
         return "service connections"
+    if "/pipelinepermissions/" in path:
+        return "pipeline permissions"
+    if path.endswith("/_apis/pipelines"):
+        return "pipeline listing"
     if "/distributedtask/variablegroups" in path:
         if method != "GET":
             return f"group {method}"

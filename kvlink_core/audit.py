@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from .devops import Pipeline, PipelineAccess
 from .errors import KvLinkError, UpstreamError
 from .model import GroupKey, Link, Policy, SecretState, VaultKey
 from .names import check_secret
@@ -53,6 +54,10 @@ class Finding:
     vault: str | None = None
     secret: str | None = None
     repaired: bool = False
+    # The blast radius, looked up for open breaking findings only (see BREAKING).
+    pipelines: tuple[Pipeline, ...] = ()
+    all_pipelines: bool = False
+    pipelines_unknown: str | None = None  # why the pipelines could not be named
 
     @classmethod
     def about(cls, link: Link, severity: Severity, kind: str, message: str, secret: str | None = None) -> Finding:
@@ -73,6 +78,9 @@ class Finding:
             "vault": self.vault,
             "secret": self.secret,
             "repaired": self.repaired,
+            "pipelines": [p.as_json() for p in self.pipelines],
+            "allPipelines": self.all_pipelines,
+            "pipelinesUnknown": self.pipelines_unknown,
         }
 
 
@@ -94,6 +102,7 @@ class AuditReport:
     groups: list[dict[str, Any]] = field(default_factory=list)  # one compact summary per audited group
     stored: str | None = None  # the run id the report was stored under
     store_error: str | None = None  # why it could not be stored
+    broken: list[BrokenGroup] = field(default_factory=list)  # groups with open breaking findings
 
     @property
     def open_findings(self) -> list[Finding]:
@@ -125,6 +134,11 @@ class AuditReport:
             "openFindingsBySeverity": open_by_severity,
             "unreached": list(self.unreached),
             "driftRemains": self.drift_remains,
+            "brokenGroups": len(self.broken),
+            # Distinct pipelines: one that uses two broken groups is one pipeline at risk.
+            "pipelinesAtRisk": len(
+                {(b.organization.lower(), b.project.lower(), p.id) for b in self.broken for p in b.pipelines}
+            ),
         }
 
     def storage(self) -> dict[str, Any]:
@@ -146,6 +160,54 @@ class AuditReport:
 
 # Findings that mean "the group is not what it should be" (repairable drift).
 _DRIFT = frozenset({"secret-deleted", "secret-disabled", "secret-missing", "sync-refused"})
+# Findings that, while open, stop pipelines that use the group: the audit names those pipelines.
+BREAKING = frozenset(
+    {
+        "secret-deleted",
+        "secret-disabled",
+        "unmappable",
+        "vault-unreadable",
+        "service-connection-missing",
+        "service-connection-not-ready",
+        "sync-refused",
+        "write-failed",
+    }
+)
+PIPELINES_DENIED = (
+    "pipelines unknown: kvlink lacks permission to read pipelines "
+    "(a PAT needs the scope Build: Read, vso.build; kvlink's Microsoft Entra identity needs "
+    "'View build pipeline' in the project, which Project Readers have)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenGroup:
+    """A group with an open breaking finding, and the pipelines it stops."""
+
+    organization: str
+    project: str
+    group_id: int
+    group: str | None
+    finding: Finding
+    pipelines: tuple[Pipeline, ...] = ()
+    all_pipelines: bool = False
+    pipelines_unknown: str | None = None
+
+    @property
+    def key(self) -> GroupKey:
+        return GroupKey(self.organization.lower(), self.group_id)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "organization": self.organization,
+            "project": self.project,
+            "groupId": self.group_id,
+            "group": self.group,
+            "finding": self.finding.as_json(),
+            "pipelines": [p.as_json() for p in self.pipelines],
+            "allPipelines": self.all_pipelines,
+            "pipelinesUnknown": self.pipelines_unknown,
+        }
 
 
 def group_findings(
@@ -322,6 +384,7 @@ class _Run:
                 self.tick()
             self.clear_vault_work()
             self.clear_stale_queues(links)
+            self.blast_radius()
         finally:
             self.vault_pool.shutdown(wait=True, cancel_futures=True)
             self.work_pool.shutdown(wait=True, cancel_futures=True)
@@ -577,6 +640,93 @@ class _Run:
                 continue
             self.add(Finding("error", kind, message, org, project, group.id, group.name, group.vault))
 
+    # -- blast radius --------------------------------------------------------------------
+    def blast_radius(self) -> None:
+        """Name the pipelines each open breaking finding stops; never fails the audit.
+
+        Only groups with such findings are looked up: one permissions call per group, one pipeline
+        listing per project that has a group with named pipelines. A healthy estate costs nothing.
+        """
+        where: dict[GroupKey, tuple[str, str, str | None]] = {}
+        of_finding: dict[int, list[GroupKey]] = {}
+        first: dict[GroupKey, Finding] = {}
+        for i, f in enumerate(self.report.findings):
+            if f.repaired or f.kind not in BREAKING:
+                continue
+            if f.group_id is not None and f.organization and f.project:
+                keys = [GroupKey(f.organization.lower(), f.group_id)]
+                where.setdefault(keys[0], (f.organization, f.project, f.group))
+            elif f.kind == "vault-unreadable":  # vault-wide: every group of the vault this run could not check
+                keys = []
+                for g in self.report.groups:
+                    if g["outcome"] == "vault-unreachable" and str(g["vault"]).lower() == (f.vault or "").lower():
+                        key = GroupKey(str(g["organization"]).lower(), int(g["groupId"]))
+                        where.setdefault(key, (g["organization"], g["project"], g["group"]))
+                        keys.append(key)
+            else:
+                continue
+            of_finding[i] = keys
+            for key in keys:
+                first.setdefault(key, f)
+        if not where:
+            return
+        access = {key: self.work_pool.submit(self.pipeline_access, *where[key][:2], key.group_id) for key in where}
+        answers = {key: future.result() for key, future in access.items()}
+        projects = {
+            (where[key][0].lower(), where[key][1].lower()): where[key][:2]
+            for key, answer in answers.items()
+            if isinstance(answer, PipelineAccess) and answer.pipeline_ids
+        }
+        listed = {scope: self.work_pool.submit(self.project_pipelines, *names) for scope, names in projects.items()}
+        catalog = {scope: future.result() for scope, future in listed.items()}
+        radius: dict[GroupKey, tuple[tuple[Pipeline, ...], bool, str | None]] = {}
+        for key, answer in answers.items():
+            org, project, _ = where[key]
+            if isinstance(answer, str):
+                radius[key] = ((), False, answer)
+                continue
+            known = catalog.get((org.lower(), project.lower()))
+            if isinstance(known, str):
+                radius[key] = (tuple(Pipeline(i) for i in answer.pipeline_ids), answer.all_pipelines, known)
+                continue
+            named = tuple((known or {}).get(i) or Pipeline(i) for i in answer.pipeline_ids)  # a deleted one: its id
+            radius[key] = (named, answer.all_pipelines, None)
+        for i, keys in of_finding.items():
+            if not keys:
+                continue
+            pipelines = {p.id: p for key in keys for p in radius[key][0]}
+            unknown = next((radius[key][2] for key in keys if radius[key][2]), None)
+            self.report.findings[i] = replace(
+                self.report.findings[i],
+                pipelines=tuple(sorted(pipelines.values(), key=lambda p: ((p.name or "").lower(), p.id))),
+                all_pipelines=any(radius[key][1] for key in keys),
+                pipelines_unknown=unknown,
+            )
+        self.report.broken = [
+            BrokenGroup(org, project, key.group_id, group, first[key], *radius[key])
+            for key, (org, project, group) in sorted(where.items(), key=lambda kv: (kv[0].organization, kv[0].group_id))
+        ]
+
+    def pipeline_access(self, org: str, project: str, group_id: int) -> PipelineAccess | str:
+        try:
+            return self.engine.devops.group_pipeline_access(org, project, group_id)
+        except UpstreamError as err:
+            if err.status in (401, 403):
+                return PIPELINES_DENIED
+            return _pipelines_unknown(err)
+        except (KvLinkError, ValueError, TypeError, KeyError) as err:  # an odd answer: unknown, never fatal
+            return _pipelines_unknown(err)
+
+    def project_pipelines(self, org: str, project: str) -> dict[int, Pipeline] | str:
+        try:
+            return {p.id: p for p in self.engine.devops.list_pipelines(org, project)}
+        except UpstreamError as err:
+            if err.status in (401, 403):
+                return PIPELINES_DENIED
+            return _pipelines_unknown(err)
+        except (KvLinkError, ValueError, TypeError, KeyError) as err:  # an odd answer: unknown, never fatal
+            return _pipelines_unknown(err)
+
     # -- vaults ------------------------------------------------------------------------
     def listing(self, vault: str) -> Future[_Listing]:
         with self.lock:
@@ -683,6 +833,11 @@ class _Run:
             self.progress(done, total)
 
 
+def _pipelines_unknown(err: Exception) -> str:
+    logger.warning("Audit could not name the pipelines of a broken group: %s", err)
+    return f"pipelines unknown: {err}"[:300]
+
+
 def run_audit(
     engine: Engine, *, dry_run: bool = False, store: bool = True, progress: Progress | None = None
 ) -> AuditReport:
@@ -695,7 +850,36 @@ def run_audit(
     announced = {**summary, **report.storage()}
     logger.info("kvlink audit %s", json.dumps(announced, sort_keys=True))
     engine.notifier.audit_completed(announced)
+    if store:
+        _announce_broken(engine, report)
     return report
+
+
+def _announce_broken(engine: Engine, report: AuditReport) -> None:
+    """``kvlink.group.broken`` once per group when it first becomes broken, not every night it stays so.
+
+    The registry remembers the broken groups; a group audited this run and no longer broken is
+    forgotten (so breaking again is news), one this run did not reach stays remembered."""
+    from azure.core.exceptions import AzureError
+
+    broken = {b.key: b for b in report.broken}
+    audited = {GroupKey(str(g["organization"]).lower(), int(g["groupId"])) for g in report.groups}
+    audited -= {
+        GroupKey(str(g["organization"]).lower(), int(g["groupId"]))
+        for g in report.groups
+        if g["outcome"] == "devops-unreached"
+    }
+    try:
+        known = engine.registry.broken_groups()
+        news = [b for key, b in broken.items() if key not in known]
+        healed = [key for key in known if key in audited and key not in broken]
+        engine.registry.note_broken([b.key for b in news], healed)
+    except (KvLinkError, AzureError) as err:
+        # Without the memory, announcing would repeat every night: say so, announce nothing.
+        logger.warning("Could not read or record the broken groups (no kvlink.group.broken sent): %s", err)
+        return
+    for b in news:
+        engine.notifier.group_broken(b.as_json())
 
 
 def _store(engine: Engine, report: AuditReport, summary: Mapping[str, Any]) -> None:
@@ -708,4 +892,4 @@ def _store(engine: Engine, report: AuditReport, summary: Mapping[str, Any]) -> N
         logger.exception("The audit report could not be stored: %s", report.store_error)
 
 
-__all__ = ["AuditReport", "Finding", "group_findings", "run_audit"]
+__all__ = ["AuditReport", "BrokenGroup", "Finding", "group_findings", "run_audit"]

@@ -529,19 +529,32 @@ def _audit_preamble(engine: Any, *, dry_run: bool, reason: str, err: TextIO) -> 
     print("\n".join(lines), file=err)
 
 
+def _pipelines_at_risk(finding: Any) -> str:
+    """The count of pipelines a finding stops ("all" when any pipeline may use the group; "?" unknown)."""
+    if finding.all_pipelines:
+        return "all"
+    if finding.pipelines_unknown and not finding.pipelines:
+        return "?"
+    from .audit import BREAKING
+
+    return str(len(finding.pipelines)) if not finding.repaired and finding.kind in BREAKING else ""
+
+
 def _findings_table(report: Any, out: TextIO) -> None:
     summary = report.summary()
     rows = []
     for f in report.findings:
         where = "/".join(str(p) for p in (f.organization, f.project, f.group) if p) or f.vault or ""
         detail = ("repaired: " if f.repaired else "") + f.message
-        rows.append((f.severity, f.kind, where, f.secret or "", detail))
+        if f.pipelines_unknown:
+            detail += f" ({f.pipelines_unknown})"
+        rows.append((f.severity, f.kind, where, f.secret or "", _pipelines_at_risk(f), detail))
     if rows:
-        header = ("SEVERITY", "FINDING", "GROUP", "SECRET")
+        header = ("SEVERITY", "FINDING", "GROUP", "SECRET", "PIPELINES")
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
         print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + "  DETAIL", file=out)
         for row in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4], file=out)
+            print("  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5], file=out)
     else:
         print("no findings", file=out)
     for what in summary["unreached"]:

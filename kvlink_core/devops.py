@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 API_VERSION = "7.1"
+# Pipeline Permissions - Get exists only as a preview (approvalsAndChecks 7.1 reference).
+PIPELINE_PERMISSIONS_API_VERSION = "7.1-preview.1"
 KEY_VAULT_TYPE = "AzureKeyVault"
 _RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 NO_SIGN_IN = (
@@ -108,6 +110,34 @@ class VariableGroup:
         body = {k: self.raw[k] for k in _PARAMETER_FIELDS if k in self.raw}
         body["variables"] = dict(variables)
         return body
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """A pipeline as a person needs it named: id, name, folder and its web page (or API url)."""
+
+    id: int
+    name: str | None = None
+    folder: str | None = None
+    url: str | None = None
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Pipeline:
+        links = raw.get("_links") or {}
+        web = links.get("web") if isinstance(links, Mapping) else None
+        href = web.get("href") if isinstance(web, Mapping) else None
+        return cls(int(raw["id"]), _text(raw.get("name")), _text(raw.get("folder")), _text(href or raw.get("url")))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "folder": self.folder, "url": self.url}
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineAccess:
+    """Which pipelines may use a resource (``ResourcePipelinePermissions``)."""
+
+    all_pipelines: bool
+    pipeline_ids: tuple[int, ...]
 
 
 class _RetryableStatusError(Exception):
@@ -319,6 +349,29 @@ class DevOps:
         matches = [e for e in (body or {}).get("value") or [] if str(e.get("name", "")).lower() == name.lower()]
         return matches[0] if matches else None
 
+    # -- pipelines -------------------------------------------------------------------------
+    def group_pipeline_access(self, organization: str, project: str, group_id: int) -> PipelineAccess:
+        """Which pipelines of ``project`` are authorized to use the group (Pipeline Permissions - Get).
+
+        ``allPipelines.authorized`` means any pipeline of the project may use it; otherwise only
+        the ``pipelines[]`` with ``authorized: true`` may."""
+        base = self._project_url(organization, project)
+        url = f"{base}/_apis/pipelines/pipelinepermissions/variablegroup/{int(group_id)}"
+        body = self._request("GET", url, organization=organization, api_version=PIPELINE_PERMISSIONS_API_VERSION)
+        body = body or {}
+        everyone = body.get("allPipelines")
+        ids = {
+            int(p["id"])
+            for p in body.get("pipelines") or []
+            if isinstance(p, Mapping) and p.get("authorized") is True and p.get("id") is not None
+        }
+        return PipelineAccess(isinstance(everyone, Mapping) and everyone.get("authorized") is True, tuple(sorted(ids)))
+
+    def list_pipelines(self, organization: str, project: str, *, page_size: int = 1000) -> Iterator[Pipeline]:
+        """Every pipeline of a project (Pipelines - List), following ``x-ms-continuationtoken``."""
+        url = f"{self._project_url(organization, project)}/_apis/pipelines"
+        return (Pipeline.from_json(p) for p in self._pages(url, organization, {"$top": page_size}))
+
     # -- plumbing ----------------------------------------------------------------------
     def _org_url(self, organization: str) -> str:
         return self._settings.org_url(quote(organization, safe=""))
@@ -381,8 +434,9 @@ class DevOps:
         idempotent: bool = True,
         missing_ok: bool = False,
         budget: float | None = None,
+        api_version: str = API_VERSION,
     ) -> httpx.Response | None:
-        query = {**(params or {}), "api-version": API_VERSION}
+        query = {**(params or {}), "api-version": api_version}
         deadline = None if budget is None else time.monotonic() + budget
         try:
             for attempt in stamina.retry_context(
@@ -514,6 +568,10 @@ class DevOps:
         if self._settings.devops_pat:
             return "check AZURE_DEVOPS_PAT: it may be wrong, expired, revoked, or not valid for this organization"
         return "check that kvlink's managed identity (or your `az login` account) is a user of the organization"
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
 
 
 def _lookup_project(body: Mapping[str, Any]) -> str | None:

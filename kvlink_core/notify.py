@@ -1,7 +1,9 @@
 """Optional notifications: CloudEvents to an Event Grid custom topic, with ``azure-eventgrid``.
 
 ``kvlink.group.updated`` for every group kvlink changes, by any path, and
-``kvlink.audit.completed`` once per audit run, so teams can route them to chat or
+``kvlink.audit.completed`` once per audit run (with ``pipelinesAtRisk``), and
+``kvlink.group.broken`` once when a group first becomes broken (with the finding and the
+pipelines it stops), so teams can route them to chat or
 tickets. Publishing is best effort: a failure is logged and never fails a sync.
 This is the only module that imports ``azure.eventgrid``.
 """
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 SOURCE = "/kvlink"
 GROUP_UPDATED = "kvlink.group.updated"
 AUDIT_COMPLETED = "kvlink.audit.completed"
+GROUP_BROKEN = "kvlink.group.broken"
 
 
 class Notifier:
@@ -72,6 +75,11 @@ class Notifier:
 
     def audit_completed(self, summary: Mapping[str, Any]) -> None:
         self._publish(AUDIT_COMPLETED, subject="audit", data=dict(summary))
+
+    def group_broken(self, broken: Mapping[str, Any]) -> None:
+        """A group that just became broken: where it is, the finding, the pipelines it stops."""
+        subject = f"{broken['organization']}/{broken['project']}/{broken['groupId']}"
+        self._publish(GROUP_BROKEN, subject=subject, data=dict(broken))
 
     def close(self) -> None:
         with self._lock:

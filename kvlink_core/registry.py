@@ -47,6 +47,7 @@ LEASES_TABLE = "kvlinkleases"
 PENDING_TABLE = "kvlinkpending"
 WORK_TABLE = "kvlinkvaultwork"
 AUDIT_TABLE = "kvlinkaudit"
+BROKEN_TABLE = "kvlinkbroken"  # groups announced as broken (kvlink.group.broken goes out once)
 KEEP_RUNS = 30
 _BATCH = 100  # entities per Table transaction
 _BATCH_BYTES = 3 * 1024 * 1024  # a transaction's estimated size; the limit is 4 MiB
@@ -556,6 +557,31 @@ class Registry:
                 table.delete_entity(
                     row.vault, row.name.lower(), etag=row.etag, match_condition=MatchConditions.IfNotModified
                 )
+
+    # -- broken groups (announced once) ------------------------------------------------
+    def broken_groups(self) -> set[GroupKey]:
+        """The groups already announced as broken and not seen healthy since."""
+        table = self._table(BROKEN_TABLE)
+        with _storage("read broken groups"):
+            return {
+                GroupKey(e["PartitionKey"], int(e["RowKey"]))
+                for e in table.list_entities(select=["PartitionKey", "RowKey"])
+            }
+
+    def note_broken(self, broken: Iterable[GroupKey], healed: Iterable[GroupKey]) -> None:
+        """Remember newly broken groups; forget healed ones, so that breaking again is news."""
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        table = self._table(BROKEN_TABLE)
+        now = datetime.now(UTC)
+        with _storage("record broken groups"):
+            for key in broken:
+                entity = {"PartitionKey": key.organization, "RowKey": str(key.group_id), "Since": now}
+                table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+            for key in healed:
+                with contextlib.suppress(ResourceNotFoundError):
+                    table.delete_entity(key.organization, str(key.group_id))
 
     # -- plumbing --------------------------------------------------------------------
     def _table(self, name: str) -> TableClient:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .audit import policy_summary
+from .audit import BREAKING, policy_summary
 from .model import parse_timestamp
 
 if TYPE_CHECKING:
@@ -132,6 +132,13 @@ class GroupRow:
 
 
 @dataclass(frozen=True, slots=True)
+class PipelineView:
+    name: str
+    folder: str
+    url: str  # "" unless an http(s) address: a name from Azure DevOps never becomes a script link
+
+
+@dataclass(frozen=True, slots=True)
 class FindingView:
     kind: str
     kind_label: str
@@ -144,6 +151,10 @@ class FindingView:
     secret: str
     repaired: bool
     advice: str
+    at_risk: bool = False  # an open breaking finding: its "Pipelines at risk" cell says who it stops
+    pipelines: tuple[PipelineView, ...] = ()
+    all_pipelines: bool = False
+    pipelines_unknown: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,6 +544,10 @@ def finding_groups(findings: Iterable[Mapping[str, Any]], *, devops_url: str) ->
                 secret=str(f.get("secret") or ""),
                 repaired=bool(f.get("repaired")),
                 advice=ADVICE.get(kind, DEFAULT_ADVICE),
+                at_risk=not f.get("repaired") and kind in BREAKING and "pipelines" in f,
+                pipelines=tuple(_pipeline_view(p) for p in f.get("pipelines") or [] if isinstance(p, Mapping)),
+                all_pipelines=bool(f.get("allPipelines")),
+                pipelines_unknown=str(f.get("pipelinesUnknown") or ""),
             )
         )
     return [
@@ -545,6 +560,16 @@ def finding_groups(findings: Iterable[Mapping[str, Any]], *, devops_url: str) ->
         for severity, label in SEVERITIES
         if views[severity]
     ]
+
+
+def _pipeline_view(pipeline: Mapping[str, Any]) -> PipelineView:
+    url = str(pipeline.get("url") or "")
+    folder = str(pipeline.get("folder") or "").strip("\\")
+    return PipelineView(
+        name=str(pipeline.get("name") or f"pipeline {pipeline.get('id')}"),
+        folder=folder,
+        url=url if url.lower().startswith(("https://", "http://")) else "",
+    )
 
 
 # -- the trend chart -----------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Starts the Key Vault and Azure DevOps stand-ins (HTTPS, throwaway CA) and Azurite,
 seeds a vault and a linked variable group, changes the vault, delivers the
-resulting Event Grid events through ``on_secret_event``, and checks the group.
+resulting Event Grid events through ``on_secret_event``, and checks the group; then a
+second group breaks and the audit names the two pipelines it stops.
 Nothing leaves the machine.
 """
 
@@ -23,6 +24,8 @@ from .logs import envelopes
 from .stack import local_stack
 
 ORG, PROJECT, VAULT, GROUP = "demo-org", "Payments", "kv-demo", "payments-kv"
+BATCH_GROUP = "payments-batch-kv"  # the group that breaks in step 7
+PIPELINES = ("payments-deploy", "payments-nightly")  # the two pipelines authorized to use it
 
 
 class _Out:
@@ -167,8 +170,11 @@ def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azuri
     page.write_bytes(response.get_body())
     out.line(f"report page (GET /api/report): {page}")
 
+    if not _blast_radius(out, ado, page):
+        return 1
+
     final = _names(ado, group_id)
-    out.step(7, f"group at the end: {final}")
+    out.step(8, f"group at the end: {final}")
     expected = ["db-password", "storage-key"]
     if after_events != ["api-key", "db-password", "smtp-password", "storage-key"] or final != expected:
         out.write(f"\nFAILED: expected {expected} at the end and no value reads")
@@ -182,6 +188,41 @@ def _scenario(out: _Out, kv: KeyVaultStandIn, ado: DevOpsStandIn, azurite: Azuri
         "nothing, and the audit undid the bad hand edit."
     )
     return 0
+
+
+def _blast_radius(out: _Out, ado: DevOpsStandIn, page: Path) -> bool:
+    """A second group breaks (its service connection is no longer ready): the audit names its pipelines."""
+    from azure.functions.timer import TimerRequest
+
+    import function_app
+
+    out.step(7, "Another team's group breaks; the next audit names the pipelines it stops:")
+    broken = ado.add_service_endpoint(ORG, PROJECT, "kv-batch-connection", is_ready=False)
+    batch = ado.add_group(ORG, PROJECT, BATCH_GROUP, vault=VAULT, service_endpoint_id=broken, variables=["db-password"])
+    pipelines = [ado.add_pipeline(ORG, PROJECT, name, folder="\\payments") for name in PIPELINES]
+    ado.authorize_pipelines(ORG, PROJECT, batch, pipelines)
+    out.line(f"group '{BATCH_GROUP}' maps {VAULT} through 'kv-batch-connection', whose authorization failed")
+    out.line(f"pipelines authorized to use it: {', '.join(PIPELINES)}")
+    function_app.nightly_audit(TimerRequest(past_due=False))
+    report = json.loads(function_app.audit_latest(_get("audit/latest")).get_body())
+    shown = [f for f in report["findings"] if f.get("pipelines") and not f["repaired"]]
+    for finding in shown:
+        out.line(
+            f"{finding['severity']:<8} {finding['kind']} in {finding['group']}: "
+            f"stops {len(finding['pipelines'])} pipelines"
+        )
+        for pipeline in finding["pipelines"]:
+            out.line(f"         {pipeline['folder']}\\{pipeline['name']}")
+    out.line(
+        f"audit: {report['brokenGroups']} broken group, {report['pipelinesAtRisk']} pipelines at risk; "
+        "the report page lists them under 'Pipelines at risk'"
+    )
+    response = function_app.report(_get("report"))
+    if response.status_code != 200 or [p["name"] for f in shown for p in f["pipelines"]] != list(PIPELINES):
+        out.write(f"\nFAILED: expected the audit to name {list(PIPELINES)}")
+        return False
+    page.write_bytes(response.get_body())
+    return True
 
 
 def _hand_edit(group: dict[str, Any]) -> None:

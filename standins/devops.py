@@ -17,6 +17,8 @@ Routes (anything else answers 404 with an Azure DevOps error body):
 * ``GET  /{org}/{project}/_apis/serviceendpoint/endpoints?endpointNames=a,b|endpointIds=x,y[&type=][&includeFailed=]``
   and ``.../endpoints/{endpointId}``
 * ``GET  /{org}/_apis/projects[/{projectNameOrId}]``
+* ``GET  /{org}/{project}/_apis/pipelines/pipelinepermissions/variablegroup/{groupId}`` (``7.1-preview.1``)
+* ``GET  /{org}/{project}/_apis/pipelines`` with ``$top``, ``continuationToken`` (``x-ms-continuationtoken``)
 
 Sources for the behaviour: the 7.1 REST spec extract and examples in
 ``/work/shared/payloads``; ``azure-facts.md`` sections 3 and 4; the decompiled Azure DevOps
@@ -178,6 +180,10 @@ class _Org:
     next_group_id: int = 1
     # monotonic time at which a POST created each group, so writes() can attribute the call
     created_by_post: dict[int, float] = field(default_factory=dict)
+    pipelines: dict[int, dict[str, Any]] = field(default_factory=dict)  # by id, with "projectId"
+    next_pipeline_id: int = 1
+    # (project id, "variablegroup", group id) -> (open to all pipelines, authorized pipeline ids)
+    permissions: dict[tuple[str, str, str], tuple[bool, set[int]]] = field(default_factory=dict)
 
     def project(self, name_or_id: str) -> _Project | None:
         found = self.projects.get(name_or_id.lower())
@@ -255,6 +261,15 @@ class DevOpsStandIn(StandInServer):
     groups cannot be made); DELETE answers a bodiless 204 (live reports; the spec says 200);
     an unknown organization is a JSON 404 (invented -- see :meth:`handle`); the projects
     list's ``x-ms-continuationtoken`` is an opaque offset into the name-sorted projects.
+
+    Pipelines: the list is sorted by name (the spec's default ``orderBy``, "name asc") and cut
+    at ``$top`` or :attr:`pipelines_page_cap`, whichever is smaller (a server may send fewer than
+    asked), with an opaque ``x-ms-continuationtoken``. Pipeline permissions answer the
+    ``ResourcePipelinePermissions`` shape of the official example (``resource``, ``pipelines[]``
+    with ``authorizedBy``/``authorizedOn``) plus ``allPipelines`` when the group is open to every
+    pipeline; a group never authorized (or unknown) answers ``resource`` and no pipelines --
+    unverified for an unknown id, a client must also take a 404. The route refuses a GA
+    ``api-version`` with 400, as Azure DevOps does for a preview-only resource.
     """
 
     name = "devops-stand-in"
@@ -278,6 +293,7 @@ class DevOpsStandIn(StandInServer):
         self.strict_key_vault_variables = True
         self.send_continuation_header = True
         self.continuation_inclusive = True
+        self.pipelines_page_cap: int | None = None
         self._state_lock = threading.RLock()
         self._orgs: dict[str, _Org] = {}
         self._last_stamp = datetime.min.replace(tzinfo=UTC)
@@ -385,6 +401,27 @@ class DevOpsStandIn(StandInServer):
                     _reference(target, group["name"], group.get("description") or "")
                 )
             group["isShared"] = len(group["variableGroupProjectReferences"]) > 1
+
+    def add_pipeline(self, org: str, project: str, name: str, *, folder: str = "\\") -> int:
+        """Create a pipeline in ``project`` (name or id, created if missing); return its id."""
+        with self._state_lock:
+            store = self._orgs.setdefault(org.lower(), _Org(org))
+            owner = self._seed_project(store, project, create=True)
+            pipeline_id = store.next_pipeline_id
+            store.next_pipeline_id += 1
+            store.pipelines[pipeline_id] = {"id": pipeline_id, "name": name, "folder": folder, "projectId": owner.id}
+            return pipeline_id
+
+    def authorize_pipelines(
+        self, org: str, project: str, group_id: int, pipeline_ids: Iterable[int] = (), *, all_pipelines: bool = False
+    ) -> None:
+        """Authorize pipelines (or every pipeline of the project) to use a group, as its Pipeline permissions do."""
+        with self._state_lock:
+            store = self._org(org)
+            owner = self._seed_project(store, project)
+            key = (owner.id, "variablegroup", str(group_id))
+            everyone, ids = store.permissions.get(key, (False, set()))
+            store.permissions[key] = (everyone or all_pipelines, ids | set(pipeline_ids))
 
     def group(self, org: str, group_id: int) -> dict[str, Any]:
         """The stored group, exactly as a GET returns it."""
@@ -550,6 +587,10 @@ class DevOpsStandIn(StandInServer):
                     return lambda: self._list_groups(request, org, project)
                 if len(tail) == 3 and rest[4].isdigit():
                     return lambda: self._get_group(org, project, int(rest[4]))
+            if tail == ["pipelines"]:
+                return lambda: self._list_pipelines(request, org, project)
+            if tail[:2] == ["pipelines", "pipelinepermissions"] and len(tail) == 4:
+                return lambda: self._pipeline_permissions(request, org, project, low[4], rest[5])
             if tail[:2] == ["serviceendpoint", "endpoints"]:
                 if len(tail) == 2:
                     return lambda: self._list_endpoints(request, org, project)
@@ -743,6 +784,66 @@ class DevOpsStandIn(StandInServer):
                     "ServiceEndpointNotFoundException",
                 )
             return Response(200, self._endpoint_json(store, endpoint))
+
+    # -- pipelines -------------------------------------------------------------------------
+    def _pipeline_json(self, org: str, pipeline: Mapping[str, Any]) -> dict[str, Any]:
+        # The fields of the 7.1 reference's Pipeline: _links (self, web), folder, id, name, revision, url.
+        base = f"{self.org_url(org)}/{pipeline['projectId']}"
+        pid = pipeline["id"]
+        return {
+            "_links": {
+                "self": {"href": f"{base}/_apis/pipelines/{pid}?revision=1"},
+                "web": {"href": f"{base}/_build/definition?definitionId={pid}"},
+            },
+            "url": f"{base}/_apis/pipelines/{pid}?revision=1",
+            "id": pid,
+            "revision": 1,
+            "name": pipeline["name"],
+            "folder": pipeline["folder"],
+        }
+
+    def _list_pipelines(self, request: Request, org: str, project_key: str) -> Response:
+        query = request.query
+        top = _parse_int(query["$top"], "$top") if "$top" in query else _MAX_TOP
+        if self.pipelines_page_cap is not None:
+            top = min(top, self.pipelines_page_cap)
+        skip = _parse_int(query["continuationToken"], "continuationToken") if query.get("continuationToken") else 0
+        with self._state_lock:
+            store = self._orgs[org.lower()]
+            project = store.project(project_key)
+            if project is None:
+                raise _project_missing(project_key)
+            mine = sorted(
+                (p for p in store.pipelines.values() if p["projectId"] == project.id),
+                key=lambda p: (p["name"].casefold(), p["id"]),
+            )
+            page = [self._pipeline_json(org, p) for p in mine[skip : skip + max(top, 0)]]
+        headers = {"x-ms-continuationtoken": str(skip + len(page))} if skip + len(page) < len(mine) else {}
+        return Response(200, {"count": len(page), "value": page}, headers)
+
+    def _pipeline_permissions(self, request: Request, org: str, project_key: str, kind: str, resource: str) -> Response:
+        if "-preview" not in (request.query.get("api-version") or ""):
+            raise _fail(
+                400,
+                'The requested version "7.1" of the resource is under preview. The -preview flag must be '
+                'supplied in the api-version for such requests. For example: "7.1-preview"',
+                "VssInvalidPreviewVersionException",
+            )
+        with self._state_lock:
+            store = self._orgs[org.lower()]
+            project = store.project(project_key)
+            if project is None:
+                raise _project_missing(project_key)
+            everyone, ids = store.permissions.get((project.id, kind, resource), (False, set()))
+            stamp = self._stamp()
+        granted = {"authorized": True, "authorizedBy": dict(UI_IDENTITY), "authorizedOn": stamp}
+        body: dict[str, Any] = {
+            "resource": {"type": kind, "id": resource},
+            "pipelines": [{"id": pid, **granted} for pid in sorted(ids)],
+        }
+        if everyone:
+            body["allPipelines"] = granted
+        return Response(200, body)
 
     # -- variable groups: reads ------------------------------------------------------------
     def _get_group(self, org: str, project_key: str, group_id: int) -> Response:

@@ -81,6 +81,13 @@ def test_audit_reads_each_written_group_under_its_lease(audit):
     assert audit["kvlink"]["calls"]["devops GET"] == audit["lower_bound"]["devops GET"]
 
 
+def test_audit_of_a_repaired_estate_looks_up_no_pipelines(audit):
+    """Every drifted group is repaired, so none stays broken: the blast radius costs no call."""
+    assert audit["lower_bound"]["pipeline permissions"] == audit["lower_bound"]["pipeline listings"] == 0
+    by_kind = audit["kvlink"]["end_state"]["standin_calls"]["devops_by_kind"]
+    assert "pipeline permissions" not in by_kind and "pipeline listing" not in by_kind
+
+
 def test_audit_pages_through_both_platforms(tmp_path):
     """110 groups in one project (two Azure DevOps pages at kvlink's size), 26 secrets a vault (two Key Vault pages)."""
     shape = ["--groups", "110", "--projects", "1", "--vaults", "2", "--secrets", "52", "--drift", "0.3"]

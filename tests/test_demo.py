@@ -12,7 +12,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_succeeds(tmp_path, monkeypatch):
-    """The demo links a group, applies new secrets and a deletion, exits 0, and writes the report page --
+    """The demo links a group, applies new secrets and a deletion, names the pipelines a broken group
+    stops, exits 0, and writes the report page --
     also in a container that sets CONTAINER_NAME, which is left as it was."""
     monkeypatch.setenv("CONTAINER_NAME", "dev-container")
     lines: list[str] = []
@@ -25,8 +26,12 @@ def test_demo_succeeds(tmp_path, monkeypatch):
     assert "secret values requested: 0" in text
     assert "secret-deleted   retired-key    repaired" in text
     assert f"report page (GET /api/report): {page}" in text
+    assert "service-connection-not-ready in payments-batch-kv: stops 2 pipelines" in text
+    assert "audit: 1 broken group, 2 pipelines at risk" in text
+    # The page is the last audit's: the broken group and the pipelines it stops.
     html = page.read_text(encoding="utf-8")
-    assert "payments-kv" in html and "retired-key" in html
+    assert "payments-kv" in html and "payments-batch-kv" in html
+    assert "Pipelines at risk" in html and "payments-deploy" in html and "payments-nightly" in html
 
 
 def test_readme_transcript_is_what_the_demo_prints(tmp_path):

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from kvlink_core.devops import API_VERSION, DevOps, VariableGroup
+from kvlink_core.devops import API_VERSION, PIPELINE_PERMISSIONS_API_VERSION, DevOps, PipelineAccess, VariableGroup
 from kvlink_core.settings import Settings
 
 HERE = Path(__file__).parent
@@ -222,3 +222,24 @@ class TestServiceEndpoints:
             "Generic",
             True,
         )
+
+
+class TestPipelinePermissions:
+    def test_group_pipeline_access(self, replay):
+        """Pipeline Permissions - Get: approvalsAndChecks 7.0 GET__GetPipelinePermissionsForResource.
+
+        The example asks about an agent queue (``queue/1``); kvlink asks the same operation about a
+        variable group (``variablegroup/{id}``), with the preview api-version the 7.1 reference requires.
+        """
+        devops, up = replay(
+            load(RECORDINGS / "approvalsAndChecks-7.0-pipelinePermissions-GET__GetPipelinePermissionsForResource.json")
+        )
+        access = devops.group_pipeline_access("fabrikam", "RM", 1)
+        sent = up.sent
+        assert sent.method == up.example["x-ms-vss-request-method"] == "GET"
+        # The route is case-insensitive; the example writes pipelinePermissions, the reference pipelinepermissions.
+        example_base, _, example_resource = up.example_path().lower().rpartition("/queue/")
+        assert sent.url.path.lower() == f"{example_base}/variablegroup/1" and example_resource == "1"
+        assert sent.url.path.startswith("/fabrikam/RM/")  # the project as given
+        assert api_version(sent) == PIPELINE_PERMISSIONS_API_VERSION == "7.1-preview.1"
+        assert access == PipelineAccess(all_pipelines=False, pipeline_ids=(6, 15, 16))

@@ -132,6 +132,9 @@ def served(estate, monkeypatch, tmp_path) -> Iterator[tuple[str, dict[str, Any],
     estate.link(engine, drifted)
     storm = estate.group("storm-kv", ["m1", "m2", "m3", "m4", "m5"])
     estate.link(engine, storm, Policy(include=("m*",), mode="mirror"))
+    # Its refused repair leaves it broken: two pipelines at risk, one named to be markup.
+    at_risk = [estate.ado.add_pipeline(estate.org, estate.project, name) for name in ("storm-deploy", HOSTILE[1])]
+    estate.ado.authorize_pipelines(estate.org, estate.project, storm, at_risk)
     estate.group(HOSTILE[0], ["api-key"])  # discovered by the audit, under a name that tries to be markup
     summary = run_audit(engine).summary()
 
@@ -190,6 +193,11 @@ def test_chromium_renders_the_page(chromium, served, tmp_path):
     assert "secret deleted" in cards and "retired-key" in cards and "repaired" in cards
     assert "sync refused" in cards and "storm-kv" in cards and "KVLINK_MAX_REMOVAL_FRACTION" in cards
     assert "What to do: Check the plan" in cards
+    (refused,) = [card for card in page.by_class("finding") if "sync refused" in card]
+    assert "Pipelines at risk 2" in refused and "storm-deploy" in refused
+    assert HOSTILE[1] in refused  # the hostile pipeline name, as text (no script: checked above)
+    links = [a["href"] for a in page.tags("a") if "_build/definition?definitionId=" in a.get("href", "")]
+    assert len(links) >= 2 and all(href.startswith("https://127.0.0.1:") for href in links)
     pills = page.by_class("pill")
     assert "refused by the guard" in pills and pills.count("in sync") == 2
     assert HOSTILE[0] in page.text  # the discovered group's name, as text

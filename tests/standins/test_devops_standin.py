@@ -678,3 +678,67 @@ def test_unknown_organization_and_route_are_404(stand_in: DevOpsStandIn, org: st
     assert_ado_error(client.get(f"/{org}/_apis/nothing", params=API), 404, "VssResourceNotFoundException")
     assert client.get(f"/{org}/{GROUPS}/1", params=API).status_code == 404
     assert client.patch(f"/{org}/{GROUPS}", params=API, json=[]).status_code == 404
+
+
+# -- pipelines and their permissions on a group ---------------------------------------------------
+PERMISSIONS_API = {"api-version": "7.1-preview.1"}
+
+
+def test_pipeline_permissions_have_the_official_example_shape(
+    stand_in: DevOpsStandIn, org: str, client: httpx.Client
+) -> None:
+    """ResourcePipelinePermissions as the official example has it: resource, pipelines[] with who and when."""
+    gid = stand_in.add_group(org, "App", "kv", vault="kv-contoso", variables=["a"])
+    first = stand_in.add_pipeline(org, "App", "deploy")
+    stand_in.add_pipeline(org, "App", "unrelated")
+    stand_in.authorize_pipelines(org, "App", gid, [first])
+    body = client.get(f"/{org}/App/_apis/pipelines/pipelinepermissions/variablegroup/{gid}", params=PERMISSIONS_API)
+    assert body.status_code == 200
+    data = body.json()
+    assert data["resource"] == {"type": "variablegroup", "id": str(gid)}
+    ((entry),) = data["pipelines"]
+    assert entry["id"] == first and entry["authorized"] is True
+    assert set(entry) == {"id", "authorized", "authorizedBy", "authorizedOn"}
+    assert "allPipelines" not in data
+
+
+def test_pipeline_permissions_open_access_and_unknown_group(
+    stand_in: DevOpsStandIn, org: str, client: httpx.Client
+) -> None:
+    gid = stand_in.add_group(org, "App", "kv-open", vault="kv-contoso", variables=["a"])
+    stand_in.authorize_pipelines(org, "App", gid, all_pipelines=True)
+    data = client.get(f"/{org}/App/_apis/pipelines/pipelinepermissions/variablegroup/{gid}", params=PERMISSIONS_API)
+    assert data.json()["allPipelines"]["authorized"] is True and data.json()["pipelines"] == []
+    unknown = client.get(f"/{org}/App/_apis/pipelines/pipelinepermissions/variablegroup/99999", params=PERMISSIONS_API)
+    assert unknown.status_code == 200 and unknown.json() == {
+        "resource": {"type": "variablegroup", "id": "99999"},
+        "pipelines": [],
+    }
+
+
+def test_pipeline_permissions_need_the_preview_version(stand_in: DevOpsStandIn, org: str, client: httpx.Client) -> None:
+    answer = client.get(f"/{org}/App/_apis/pipelines/pipelinepermissions/variablegroup/1", params=API)
+    assert answer.status_code == 400 and answer.json()["typeKey"] == "VssInvalidPreviewVersionException"
+
+
+def test_pipeline_list_pages_by_name_with_a_continuation_header(
+    stand_in: DevOpsStandIn, org: str, client: httpx.Client
+) -> None:
+    for name in ("charlie", "alpha", "bravo"):
+        stand_in.add_pipeline(org, "App", name, folder="\\team")
+    seen: list[dict[str, Any]] = []
+    params: dict[str, Any] = {**API, "$top": 2}
+    pages = 0
+    while True:
+        page = client.get(f"/{org}/App/_apis/pipelines", params=params)
+        assert page.status_code == 200
+        pages += 1
+        seen += page.json()["value"]
+        token = page.headers.get("x-ms-continuationtoken")
+        if not token:
+            break
+        params = {**params, "continuationToken": token}
+    assert pages == 2 and [p["name"] for p in seen] == ["alpha", "bravo", "charlie"]
+    pipeline = seen[0]
+    assert set(pipeline) == {"_links", "url", "id", "revision", "name", "folder"}
+    assert pipeline["folder"] == "\\team" and "_build/definition?definitionId=" in pipeline["_links"]["web"]["href"]
