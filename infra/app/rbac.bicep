@@ -71,7 +71,7 @@ resource queueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
-// kvlink's registry: kvlinklinks, kvlinkleases, kvlinkpending, kvlinkvaultwork, kvlinkaudit (kvlink creates them).
+// kvlink's registry: kvlinklinks, kvlinkleases, kvlinkpending, kvlinkvaultwork, kvlinkaudit, kvlinkbroken (kvlink creates them).
 resource tableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, functionPrincipalId, storageTableDataContributor)
   scope: storage
