@@ -38,7 +38,7 @@ targetScope = 'subscription'
 param environmentName string
 
 @minLength(1)
-@description('Region for every kvlink resource. The watched vaults must be in this region too (diagnostic settings stream only to an Event Hub in the vault\'s region).')
+@description('Region for every kvlink resource. The watched vaults must be in this region too (diagnostic settings stream only to an Event Hub in the vault\'s region): one azd environment per region (README "Several regions and subscriptions").')
 @metadata({
   azd: {
     type: 'location'
@@ -275,6 +275,12 @@ module rbac 'app/rbac.bicep' = {
 
 // Outputs become azd environment values; the postdeploy and predown hooks read them.
 output AZURE_LOCATION string = location
+// Part of every name kvlink puts on or beside a vault (infra/vaults.bicep), so two environments watching
+// the same vault never share (or overwrite, or delete) one another's diagnostic setting or subscription.
+output AZURE_RESOURCE_TOKEN string = resourceToken
+// The vaults as provisioned: azd keeps a value typed at its prompt for vaultIds in the environment's
+// config, not its variables; as an output it reaches `azd env get-values`, which the hooks read.
+output KVLINK_VAULT_IDS string = vaultIds
 output AZURE_TENANT_ID string = tenant().tenantId
 output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
