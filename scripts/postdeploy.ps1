@@ -26,6 +26,8 @@ $e = $envValues
 $token = $e.AZURE_RESOURCE_TOKEN
 $keyVaultReader = '21090545-7ca7-4776-b22c-e363652d74d2'
 function Get-Region([string]$value) { ($value -replace '\s', '').ToLowerInvariant() }
+# The vaults' region: the Event Hub's (EVENTHUB_LOCATION; the app's region unless KVLINK_VAULTS_LOCATION moved the hub).
+$hubLocation = if ($e['EVENTHUB_LOCATION']) { $e['EVENTHUB_LOCATION'] } else { $e.AZURE_LOCATION }
 
 # 1. Every id must be a vault resource id; nothing is asked of Azure before all of them are.
 $vaultIds = @()
@@ -46,7 +48,7 @@ $elsewhere = @()
 foreach ($vaultId in $vaultIds) {
     $vaultName = ($vaultId -split '/')[8]
     $vault = az resource show --ids $vaultId --query '{location: location, rbac: properties.enableRbacAuthorization}' --output json | ConvertFrom-Json
-    if ((Get-Region $vault.location) -ne (Get-Region $e.AZURE_LOCATION)) {
+    if ((Get-Region $vault.location) -ne (Get-Region $hubLocation)) {
         $elsewhere += "$vaultName ($($vault.location)): $vaultId"
     }
     $rbacOf[$vaultId] = $vault.rbac -eq $true
@@ -54,12 +56,13 @@ foreach ($vaultId in $vaultIds) {
 if ($elsewhere.Count -gt 0) {
     $list = ($elsewhere | ForEach-Object { "  - $_" }) -join "`n"
     throw @"
-postdeploy: this environment ($($e.AZURE_ENV_NAME)) is in $($e.AZURE_LOCATION); these vaults are not:
+postdeploy: this environment's ($($e.AZURE_ENV_NAME)) Event Hub is in $hubLocation; these vaults are not:
 $list
 A vault's audit logs stream only to an Event Hub in its own region, and one kvlink reads one hub, so
-kvlink watches the vaults of one region per azd environment. Keep only $($e.AZURE_LOCATION) vaults here
+kvlink watches the vaults of one region per azd environment. Keep only $hubLocation vaults here
 (azd env set KVLINK_VAULT_IDS ..., then azd provision), and for each other region:
   azd env new kvlink-<region> && azd env set AZURE_LOCATION <region> && azd env set KVLINK_VAULT_IDS <that region's vault ids> && azd up
+(where <region> has no Flex Consumption, keep AZURE_LOCATION a region that has it and set KVLINK_VAULTS_LOCATION <region>)
 (README 'Several regions and subscriptions'). Nothing was changed.
 "@
 }

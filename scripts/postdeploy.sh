@@ -37,6 +37,9 @@ lower() { tr '[:upper:]' '[:lower:]'; }
 region() { tr -d ' ' | lower; }
 key_vault_reader=21090545-7ca7-4776-b22c-e363652d74d2
 token="$AZURE_RESOURCE_TOKEN"
+# The vaults' region: the Event Hub's (main.bicep's EVENTHUB_LOCATION; the app's region unless
+# KVLINK_VAULTS_LOCATION moved the hub).
+hub_location="${EVENTHUB_LOCATION:-$AZURE_LOCATION}"
 
 # 1. Every id must be a vault resource id; nothing is asked of Azure before all of them are.
 vault_list=()
@@ -68,19 +71,20 @@ for vault_id in "${vault_list[@]}"; do
     exit 1
   fi
   IFS=$'\t' read -r vault_location rbac_flag <<<"$vault_info"
-  if [[ "$(echo "$vault_location" | region)" != "$(echo "$AZURE_LOCATION" | region)" ]]; then
+  if [[ "$(echo "$vault_location" | region)" != "$(echo "$hub_location" | region)" ]]; then
     elsewhere+=("$vault_name ($vault_location): $vault_id")
   fi
   if [[ "$(echo "$rbac_flag" | lower)" == "true" ]]; then rbac_list+=(true); else rbac_list+=(false); fi
 done
 if [[ "${#elsewhere[@]}" -gt 0 ]]; then
   {
-    echo "postdeploy: this environment ($AZURE_ENV_NAME) is in $AZURE_LOCATION; these vaults are not:"
+    echo "postdeploy: this environment's ($AZURE_ENV_NAME) Event Hub is in $hub_location; these vaults are not:"
     printf '  - %s\n' "${elsewhere[@]}"
     echo "A vault's audit logs stream only to an Event Hub in its own region, and one kvlink reads one hub, so"
-    echo "kvlink watches the vaults of one region per azd environment. Keep only $AZURE_LOCATION vaults here"
+    echo "kvlink watches the vaults of one region per azd environment. Keep only $hub_location vaults here"
     echo "(azd env set KVLINK_VAULT_IDS ..., then azd provision), and for each other region:"
     echo "  azd env new kvlink-<region> && azd env set AZURE_LOCATION <region> && azd env set KVLINK_VAULT_IDS <that region's vault ids> && azd up"
+    echo "(where <region> has no Flex Consumption, keep AZURE_LOCATION a region that has it and set KVLINK_VAULTS_LOCATION <region>)"
     echo "(README 'Several regions and subscriptions'). Nothing was changed."
   } >&2
   exit 1

@@ -361,6 +361,24 @@ def test_vaults_in_other_regions_are_named_before_anything_changes(estate):
     assert changes(run.calls) == []
 
 
+def test_vaults_in_the_event_hubs_region_are_watched_from_an_app_elsewhere(estate):
+    """KVLINK_VAULTS_LOCATION put the hub in the vaults' region (no Flex Consumption there): the vaults are accepted."""
+    north = vault_id("kv-contoso-no", group="rg-no")
+    estate.add_vault(north, location="Norway East")
+    estate.add_vault(PROD_VAULT)
+    env = dict(PROD, KVLINK_VAULT_IDS=north, EVENTHUB_LOCATION="norwayeast")
+
+    run = estate.run("postdeploy", env)
+
+    assert run.returncode == 0, run.stderr
+    assert estate.state["vaults"][north]["diagnostics"] == ["kvlink-prodtoken0001"]
+
+    refused = estate.run("postdeploy", dict(env, KVLINK_VAULT_IDS=f"{north},{PROD_VAULT}", AZURE_ENV_NAME="other"))
+
+    assert refused.returncode == 1
+    assert "Event Hub is in norwayeast; these vaults are not:" in refused.stderr
+
+
 def test_a_malformed_vault_id_is_refused_before_asking_azure(estate):
     estate.add_vault(PROD_VAULT)
     env = dict(PROD, KVLINK_VAULT_IDS=f"{PROD_VAULT},kv-contoso-dev")

@@ -523,3 +523,23 @@ def test_main_outputs_the_token_and_the_vault_ids_for_the_hooks():
     for hook in ("postdeploy.sh", "predown.sh", "postdeploy.ps1", "predown.ps1"):
         text = (ROOT / "scripts" / hook).read_text()
         assert "AZURE_RESOURCE_TOKEN" in text and "KVLINK_VAULT_IDS" in text, hook
+
+
+def test_the_event_hub_follows_the_vaults_region():
+    """vaultsLocation (KVLINK_VAULTS_LOCATION) moves only the Event Hub: vaults where Flex Consumption does not run."""
+    main = parse(INFRA / "main.bicep")
+    assert main["parameters"]["vaultsLocation"]["default"] == ""
+    hub_location = main["variables"]["eventHubLocation"]["value"]["operator"]
+    assert hub_location["type"] == "conditional"
+    assert hub_location["operands"]["condition"] == {
+        "function": {"type": "empty", "parameters": {"item_to_test": "vaultsLocation"}}
+    }
+    assert (hub_location["operands"]["true_value"], hub_location["operands"]["false_value"]) == (
+        "location",
+        "vaultsLocation",
+    )
+    assert body(main["modules"]["eventHub"])["params"]["location"] == "eventHubLocation"
+    assert body(main["modules"]["functionApp"])["params"]["location"] == "location"
+    assert main["outputs"]["EVENTHUB_LOCATION"]["value"] == "eventHubLocation"
+    mapped = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]["vaultsLocation"]["value"]
+    assert mapped == "${KVLINK_VAULTS_LOCATION=}"
