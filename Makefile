@@ -1,8 +1,8 @@
 # The README's two commands: `make demo` and `make test` (and `make serve`, a local estate to try the CLI on).
 # Each sets up what it needs first:
 # a virtualenv with pinned Python dependencies, Azurite (npm) under tools/, and for `make test`
-# checkov in its own virtualenv (tools/checkov-venv) so its pins never meet the app's, and
-# Debian's Chromium for the report page's browser test.
+# checkov in its own virtualenv (tools/checkov-venv) so its pins never meet the app's,
+# Debian's Chromium for the report page's browser test, and Debian's shellcheck for the scripts.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +13,7 @@ CHECKOV_VENV := tools/checkov-venv
 CHECKOV_STAMP := $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
 CHECKOV_REPORT := $(CHECKOV_VENV)/report.json
 
-.PHONY: setup demo serve test lint infra-check browser bench clean
+.PHONY: setup demo serve test lint infra-check shellcheck browser bench clean
 
 setup: $(STAMP) $(AZURITE)
 
@@ -60,7 +60,12 @@ lint: setup
 browser:
 	bash scripts/install-chromium.sh
 
-test: lint infra-check browser
+# Every shell script (the azd hooks, the installers) through Debian's shellcheck, installed first if missing.
+shellcheck:
+	bash scripts/install-shellcheck.sh
+	shellcheck scripts/*.sh
+
+test: lint infra-check shellcheck browser
 	$(BIN)/python -m pytest
 
 clean:

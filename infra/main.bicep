@@ -38,13 +38,16 @@ targetScope = 'subscription'
 param environmentName string
 
 @minLength(1)
-@description('Region for every kvlink resource. The watched vaults must be in this region too (diagnostic settings stream only to an Event Hub in the vault\'s region).')
+@description('Region for every kvlink resource. The watched vaults must be in this region too (diagnostic settings stream only to an Event Hub in the vault\'s region), unless vaultsLocation moves the Event Hub: one azd environment per vault region (README "Several regions and subscriptions").')
 @metadata({
   azd: {
     type: 'location'
   }
 })
 param location string
+
+@description('Region of the Event Hub the vaults stream their audit logs to, when it differs from location: the watched vaults\' region, when that region has no Flex Consumption. Empty: location.')
+param vaultsLocation string = ''
 
 @description('Comma-separated resource ids of the vaults kvlink watches (any resource group or subscription of this tenant).')
 param vaultIds string
@@ -116,6 +119,9 @@ var appName = !empty(functionAppName) ? functionAppName : '${abbrs.webSitesFunct
 var deploymentContainerName = 'app-package-${take(appName, 32)}-${take(resourceToken, 7)}'
 var deadLetterContainerName = 'eventgrid-deadletter'
 var auditHubName = '${abbrs.eventHubNamespacesEventHubs}kvlink-audit'
+// A diagnostic setting streams only to an Event Hub in the vault's region; the app may read the hub from
+// another region, so the hub follows the vaults and the app can stay where Flex Consumption runs.
+var eventHubLocation = empty(vaultsLocation) ? location : vaultsLocation
 
 // KVLINK_ALLOWED_VAULTS: the vault names, taken from the resource ids (the last segment).
 var vaultIdList = filter(split(vaultIds, ','), id => !empty(trim(id)))
@@ -193,7 +199,7 @@ module eventHub 'core/eventhub/eventhub.bicep' = {
   params: {
     namespaceName: '${abbrs.eventHubNamespaces}${resourceToken}'
     eventHubName: auditHubName
-    location: location
+    location: eventHubLocation
     tags: tags
   }
 }
@@ -275,6 +281,12 @@ module rbac 'app/rbac.bicep' = {
 
 // Outputs become azd environment values; the postdeploy and predown hooks read them.
 output AZURE_LOCATION string = location
+// Part of every name kvlink puts on or beside a vault (infra/vaults.bicep), so two environments watching
+// the same vault never share (or overwrite, or delete) one another's diagnostic setting or subscription.
+output AZURE_RESOURCE_TOKEN string = resourceToken
+// The vaults as provisioned: azd keeps a value typed at its prompt for vaultIds in the environment's
+// config, not its variables; as an output it reaches `azd env get-values`, which the hooks read.
+output KVLINK_VAULT_IDS string = vaultIds
 output AZURE_TENANT_ID string = tenant().tenantId
 output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
@@ -292,6 +304,8 @@ output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output EVENTGRID_DEADLETTER_CONTAINER string = deadLetterContainerName
 output EVENTHUB_NAMESPACE string = eventHub.outputs.namespaceName
 output EVENTHUB_NAME string = eventHub.outputs.eventHubName
+// The region every watched vault must be in (the hooks check it before changing anything).
+output EVENTHUB_LOCATION string = eventHubLocation
 output EVENTHUB_DIAGNOSTICS_RULE_ID string = eventHub.outputs.diagnosticsRuleId
 output KVLINK_ALLOWED_VAULTS string = join(vaultNames, ',')
 output KVLINK_NOTIFY_TOPIC_ENDPOINT string = enableNotifications ? notifyTopic!.outputs.endpoint : ''

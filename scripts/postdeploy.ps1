@@ -1,29 +1,127 @@
 # azd postdeploy hook (Windows / PowerShell 7): apply kvlink's footprint on the watched vaults
-# (infra/vaults.bicep). Same steps as scripts/postdeploy.sh; see that file for the why.
-# Idempotent: every step is an ARM PUT of a named resource.
+# (infra/vaults.bicep). Same steps, checks and messages as scripts/postdeploy.sh; see that file for the why.
+# Everything is checked before anything changes; idempotent: every step is an ARM PUT of a named resource.
 $ErrorActionPreference = 'Stop'
 Set-StrictMode -Version Latest
 $PSNativeCommandUseErrorActionPreference = $true
 Set-Location (Join-Path $PSScriptRoot '..')
 
-# The azd environment: values set with `azd env set` and main.bicep's outputs.
+# The azd environment: values set with `azd env set` and main.bicep's outputs (KVLINK_VAULT_IDS is one,
+# so a value typed at azd's prompt for vaultIds arrives here too).
 $envValues = @{}
 foreach ($line in (azd env get-values)) {
     if ($line -match '^([A-Za-z_][A-Za-z0-9_]*)="(.*)"$') {
         $envValues[$Matches[1]] = $Matches[2] -replace '\\"', '"'
     }
 }
-$required = 'AZURE_ENV_NAME', 'AZURE_LOCATION', 'AZURE_SUBSCRIPTION_ID', 'AZURE_RESOURCE_GROUP', 'AZURE_FUNCTION_APP_NAME',
-    'AZURE_FUNCTION_APP_ID', 'AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID', 'AZURE_EVENTGRID_IDENTITY_ID', 'AZURE_STORAGE_ACCOUNT_ID',
-    'EVENTGRID_DEADLETTER_CONTAINER', 'EVENTHUB_NAME', 'EVENTHUB_DIAGNOSTICS_RULE_ID', 'KVLINK_VAULT_IDS'
+$required = 'AZURE_ENV_NAME', 'AZURE_LOCATION', 'AZURE_SUBSCRIPTION_ID', 'AZURE_RESOURCE_GROUP', 'AZURE_RESOURCE_TOKEN',
+    'AZURE_FUNCTION_APP_NAME', 'AZURE_FUNCTION_APP_ID', 'AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID', 'AZURE_EVENTGRID_IDENTITY_ID',
+    'AZURE_STORAGE_ACCOUNT_ID', 'EVENTGRID_DEADLETTER_CONTAINER', 'EVENTHUB_NAME', 'EVENTHUB_DIAGNOSTICS_RULE_ID', 'KVLINK_VAULT_IDS'
 foreach ($name in $required) {
     if (-not $envValues[$name]) {
-        throw "postdeploy: $name is not set in the azd environment; run 'azd provision' first."
+        throw "postdeploy: $name is not set in the azd environment; run 'azd provision' first (it records main.bicep's outputs)."
     }
 }
 $e = $envValues
+$token = $e.AZURE_RESOURCE_TOKEN
+$keyVaultReader = '21090545-7ca7-4776-b22c-e363652d74d2'
+function Get-Region([string]$value) { ($value -replace '\s', '').ToLowerInvariant() }
+# The vaults' region: the Event Hub's (EVENTHUB_LOCATION; the app's region unless KVLINK_VAULTS_LOCATION moved the hub).
+$hubLocation = if ($e['EVENTHUB_LOCATION']) { $e['EVENTHUB_LOCATION'] } else { $e.AZURE_LOCATION }
 
-# 1. Event Grid validates an AzureFunction endpoint against the app's function list: wait for on_secret_event.
+# 1. Every id must be a vault resource id; nothing is asked of Azure before all of them are.
+$vaultIds = @()
+foreach ($raw in ($e.KVLINK_VAULT_IDS -split ',')) {
+    $vaultId = $raw.Trim()
+    if (-not $vaultId) { continue }
+    $parts = $vaultId -split '/'
+    if ($parts.Count -ne 9 -or "$($parts[6])/$($parts[7])" -ne 'Microsoft.KeyVault/vaults') {
+        throw "postdeploy: '$vaultId' in KVLINK_VAULT_IDS is not a vault resource id (/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.KeyVault/vaults/<name>). Nothing was changed."
+    }
+    $vaultIds += $vaultId
+}
+if ($vaultIds.Count -eq 0) { throw 'postdeploy: KVLINK_VAULT_IDS names no vault. Nothing was changed.' }
+
+# 2. Read each vault (permission model, region); all are read before any is refused: one region per environment.
+$rbacOf = @{}
+$elsewhere = @()
+foreach ($vaultId in $vaultIds) {
+    $vaultName = ($vaultId -split '/')[8]
+    $vault = az resource show --ids $vaultId --query '{location: location, rbac: properties.enableRbacAuthorization}' --output json | ConvertFrom-Json
+    if ((Get-Region $vault.location) -ne (Get-Region $hubLocation)) {
+        $elsewhere += "$vaultName ($($vault.location)): $vaultId"
+    }
+    $rbacOf[$vaultId] = $vault.rbac -eq $true
+}
+if ($elsewhere.Count -gt 0) {
+    $list = ($elsewhere | ForEach-Object { "  - $_" }) -join "`n"
+    throw @"
+postdeploy: this environment's ($($e.AZURE_ENV_NAME)) Event Hub is in $hubLocation; these vaults are not:
+$list
+A vault's audit logs stream only to an Event Hub in its own region, and one kvlink reads one hub, so
+kvlink watches the vaults of one region per azd environment. Keep only $hubLocation vaults here
+(azd env set KVLINK_VAULT_IDS ..., then azd provision), and for each other region:
+  azd env new kvlink-<region> && azd env set AZURE_LOCATION <region> && azd env set KVLINK_VAULT_IDS <that region's vault ids> && azd up
+(where <region> has no Flex Consumption, keep AZURE_LOCATION a region that has it and set KVLINK_VAULTS_LOCATION <region>)
+(README 'Several regions and subscriptions'). Nothing was changed.
+"@
+}
+
+# 3. Resource providers in the app's subscription and every vault's; registering a registered one changes nothing.
+$subscriptions = @($e.AZURE_SUBSCRIPTION_ID)
+foreach ($vaultId in $vaultIds) {
+    $sub = ($vaultId -split '/')[2]
+    if ($subscriptions -notcontains $sub) { $subscriptions += $sub }
+}
+foreach ($sub in $subscriptions) {
+    foreach ($namespace in 'Microsoft.EventGrid', 'Microsoft.Insights') {
+        Write-Host "Registering $namespace in subscription $sub (no change when it already is)..."
+        try {
+            az provider register --namespace $namespace --subscription $sub --wait --output none
+        }
+        catch {
+            throw "postdeploy: could not register $namespace in subscription $sub. Someone with Contributor (or */register/action) there runs: az provider register --namespace $namespace --subscription $sub --wait. No vault was changed."
+        }
+    }
+}
+
+# 4. Per vault: reuse its system topic if it has one (one per vault); leave an equivalent Key Vault Reader
+#    grant alone (ARM refuses a second one: RoleAssignmentExists).
+$vaults = @()
+foreach ($vaultId in $vaultIds) {
+    $parts = $vaultId -split '/'
+    $vaultName = $parts[8]
+    $topicName, $topicGroup = '', ''
+    $topicNote = "new system topic egst-kvlink-$token-$($vaultName.ToLowerInvariant())"
+    $topics = az eventgrid system-topic list --subscription $parts[2] --query '[].{name: name, resourceGroup: resourceGroup, source: source, kvlink: tags.kvlink}' --output json | ConvertFrom-Json
+    foreach ($topic in $topics) {
+        if ($topic.source -ine $vaultId) { continue }
+        if ($topic.kvlink -eq $token) {
+            $topicNote = "its system topic $($topic.name) (this environment's)"
+        }
+        else {
+            $topicName, $topicGroup = $topic.name, $topic.resourceGroup
+            $topicNote = "its existing system topic $($topic.name) (kept; kvlink adds its subscription kvlink-$token)"
+        }
+    }
+    $grant = $true
+    $access = 'access policies -> list on secrets'
+    if ($rbacOf[$vaultId]) {
+        $access = 'RBAC vault -> Key Vault Reader'
+        $grants = az role assignment list --assignee $e.AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID --role $keyVaultReader `
+            --scope $vaultId --query '[].{name: name, scope: scope, description: description}' --output json | ConvertFrom-Json
+        foreach ($existing in $grants) {
+            if ($existing.scope -ieq $vaultId -and $existing.description -ne "kvlink $token") {
+                $grant = $false
+                $access = "RBAC vault -> Key Vault Reader already granted (assignment $($existing.name); kept, and left in place by azd down)"
+            }
+        }
+    }
+    Write-Host "  ${vaultName}: $access; $topicNote"
+    $vaults += @{ id = $vaultId; rbac = $rbacOf[$vaultId]; grantReader = $grant; topicName = $topicName; topicResourceGroup = $topicGroup }
+}
+
+# 5. Event Grid validates an AzureFunction endpoint against the app's function list: wait for on_secret_event.
 Write-Host "Waiting for $($e.AZURE_FUNCTION_APP_NAME) to list on_secret_event..."
 $listed = $false
 for ($attempt = 1; $attempt -le 20 -and -not $listed; $attempt++) {
@@ -35,45 +133,23 @@ for ($attempt = 1; $attempt -le 20 -and -not $listed; $attempt++) {
     if (-not $listed) { Start-Sleep -Seconds 15 }
 }
 if (-not $listed) {
-    throw "postdeploy: on_secret_event is not listed on $($e.AZURE_FUNCTION_APP_NAME) after 5 minutes; check the deployment, then run 'azd hooks run postdeploy'."
+    throw "postdeploy: on_secret_event is not listed on $($e.AZURE_FUNCTION_APP_NAME) after 5 minutes; check the deployment, then run 'azd hooks run postdeploy'. No vault was changed."
 }
 
-# 2. Each vault: its permission model decides access policy vs Key Vault Reader; it must be in kvlink's
-#    region (a diagnostic setting streams only to an Event Hub in the vault's region).
-function Get-Region([string]$value) { ($value -replace '\s', '').ToLowerInvariant() }
-$vaults = @()
-foreach ($raw in ($e.KVLINK_VAULT_IDS -split ',')) {
-    $vaultId = $raw.Trim()
-    if (-not $vaultId) { continue }
-    $parts = $vaultId -split '/'
-    if ($parts.Count -ne 9 -or "$($parts[6])/$($parts[7])" -ne 'Microsoft.KeyVault/vaults') {
-        throw "postdeploy: '$vaultId' in KVLINK_VAULT_IDS is not a vault resource id (/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.KeyVault/vaults/<name>)."
-    }
-    $vaultName = $parts[8]
-    $vault = az resource show --ids $vaultId --query '{location: location, rbac: properties.enableRbacAuthorization}' --output json | ConvertFrom-Json
-    if ((Get-Region $vault.location) -ne (Get-Region $e.AZURE_LOCATION)) {
-        throw "postdeploy: vault $vaultName is in $($vault.location) but kvlink's Event Hub is in $($e.AZURE_LOCATION); diagnostic settings stream only within a region. Deploy kvlink in $($vault.location), or watch only vaults in $($e.AZURE_LOCATION)."
-    }
-    $rbac = $vault.rbac -eq $true
-    # Event Grid allows one system topic per source: a topic someone else made for this vault blocks ours.
-    $topicName = "egst-kvlink-$($vaultName.ToLowerInvariant())"
-    $topics = az eventgrid system-topic list --subscription $parts[2] --query '[].{name: name, source: source}' --output json | ConvertFrom-Json
-    foreach ($topic in $topics) {
-        if ($topic.source -ieq $vaultId -and $topic.name -ne $topicName) {
-            throw "postdeploy: vault $vaultName already has the Event Grid system topic '$($topic.name)' (only one is allowed per vault). Remove it, or move its subscriptions to '$topicName' after this deployment creates it."
-        }
-    }
-    Write-Host ("  {0}: {1}" -f $vaultName, $(if ($rbac) { 'RBAC vault -> Key Vault Reader' } else { 'access policies -> list on secrets' }))
-    $vaults += @{ id = $vaultId; rbac = $rbac }
+# 6. Remember every vault this environment ever touched before touching one, for `azd down`.
+$applied = @(($e['KVLINK_APPLIED_VAULT_IDS'] -split ',') | Where-Object { $_ })
+foreach ($vaultId in $vaultIds) {
+    if (-not ($applied | Where-Object { $_ -ieq $vaultId })) { $applied += $vaultId }
 }
-if ($vaults.Count -eq 0) { throw 'postdeploy: KVLINK_VAULT_IDS names no vault.' }
+azd env set KVLINK_APPLIED_VAULT_IDS ($applied -join ',')
 
-# 3. One subscription-scope deployment applies everything, in every vault's own resource group.
+# 7. One subscription-scope deployment applies everything, in every vault's own resource group.
 $parameters = @{
     '$schema'      = 'https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#'
     contentVersion = '1.0.0.0'
     parameters     = @{
         environmentName             = @{ value = $e.AZURE_ENV_NAME }
+        resourceToken               = @{ value = $token }
         vaults                      = @{ value = $vaults }
         functionAppId               = @{ value = $e.AZURE_FUNCTION_APP_ID }
         functionPrincipalId         = @{ value = $e.AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID }
@@ -87,20 +163,24 @@ $parameters = @{
 $parametersFile = New-TemporaryFile
 try {
     $parameters | ConvertTo-Json -Depth 10 | Set-Content -Path $parametersFile -Encoding utf8
-    $envName = $e.AZURE_ENV_NAME.Substring(0, [Math]::Min(50, $e.AZURE_ENV_NAME.Length))
     Write-Host "Applying kvlink's access, diagnostic settings and Event Grid subscriptions to the vaults..."
-    az deployment sub create `
-        --subscription $e.AZURE_SUBSCRIPTION_ID `
-        --name "kvlink-vaults-$envName" `
-        --location $e.AZURE_LOCATION `
-        --template-file infra/vaults.bicep `
-        --parameters "@$parametersFile" `
-        --output none
+    try {
+        az deployment sub create `
+            --subscription $e.AZURE_SUBSCRIPTION_ID `
+            --name "kvlink-vaults-$token" `
+            --location $e.AZURE_LOCATION `
+            --template-file infra/vaults.bicep `
+            --parameters "@$parametersFile" `
+            --output none
+    }
+    catch {
+        throw "postdeploy: the deployment kvlink-vaults-$token failed (its error is above; README 'Troubleshooting' lists the usual ones). What it applied is named kvlink-${token}: run 'azd hooks run postdeploy' again once fixed (it changes nothing twice), or 'azd down' to remove it."
+    }
 }
 finally {
     Remove-Item -Path $parametersFile -ErrorAction SilentlyContinue
 }
-Write-Host "Done. Secret events now reach on_secret_event; audit logs reach $($e.EVENTHUB_NAME)."
+Write-Host "Done. Secret events now reach on_secret_event; audit logs reach $($e.EVENTHUB_NAME) (diagnostic setting and event subscription kvlink-$token)."
 
 # 4. What azd cannot do: Azure DevOps users are not Azure resources, so someone lets the identity in.
 #    The identity's name is its display name in Entra ID, what the "Add users" dialog searches for.

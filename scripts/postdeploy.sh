@@ -4,33 +4,148 @@
 # Runs after `azd deploy` because the Event Grid subscription targets the deployed on_secret_event
 # function, which Event Grid validates when the subscription is created. Per vault, in the vault's
 # resource group: "list" on secrets (access policy) or Key Vault Reader (RBAC vault), the AuditEvent
-# diagnostic setting to kvlink's Event Hub, and the system topic with its subscription.
+# diagnostic setting to kvlink's Event Hub, and an Event Grid subscription on the vault's system topic
+# (kvlink's own topic, or the one the vault already has). Names carry AZURE_RESOURCE_TOKEN, so several
+# environments can watch one vault.
+# Everything is checked before anything changes: the vault ids, each vault's region (one environment per
+# region, README "Several regions and subscriptions"), then the resource providers are registered in
+# every subscription involved, then one deployment applies the rest.
 # Idempotent: every step is an ARM PUT of a named resource; run it again after changing KVLINK_VAULT_IDS.
 # Needs: azd, az (logged in as someone who may change the vaults' access and diagnostic settings).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-# The azd environment: values set with `azd env set` and main.bicep's outputs.
+# The azd environment: values set with `azd env set` and main.bicep's outputs (KVLINK_VAULT_IDS is one,
+# so a value typed at azd's prompt for vaultIds arrives here too).
 while IFS= read -r line; do
   if [[ "$line" =~ ^([A-Za-z_][A-Za-z0-9_]*)=\"(.*)\"$ ]]; then
     export "${BASH_REMATCH[1]}=${BASH_REMATCH[2]//\\\"/\"}"
   fi
 done < <(azd env get-values)
 
-for name in AZURE_ENV_NAME AZURE_LOCATION AZURE_SUBSCRIPTION_ID AZURE_RESOURCE_GROUP AZURE_FUNCTION_APP_NAME \
-  AZURE_FUNCTION_APP_ID AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID AZURE_EVENTGRID_IDENTITY_ID AZURE_STORAGE_ACCOUNT_ID \
-  EVENTGRID_DEADLETTER_CONTAINER EVENTHUB_NAME EVENTHUB_DIAGNOSTICS_RULE_ID KVLINK_VAULT_IDS; do
+for name in AZURE_ENV_NAME AZURE_LOCATION AZURE_SUBSCRIPTION_ID AZURE_RESOURCE_GROUP AZURE_RESOURCE_TOKEN \
+  AZURE_FUNCTION_APP_NAME AZURE_FUNCTION_APP_ID AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID AZURE_EVENTGRID_IDENTITY_ID \
+  AZURE_STORAGE_ACCOUNT_ID EVENTGRID_DEADLETTER_CONTAINER EVENTHUB_NAME EVENTHUB_DIAGNOSTICS_RULE_ID KVLINK_VAULT_IDS; do
   if [[ -z "${!name:-}" ]]; then
-    echo "postdeploy: $name is not set in the azd environment; run 'azd provision' first." >&2
+    echo "postdeploy: $name is not set in the azd environment; run 'azd provision' first (it records main.bicep's outputs)." >&2
     exit 1
   fi
 done
 
 lower() { tr '[:upper:]' '[:lower:]'; }
 region() { tr -d ' ' | lower; }
+key_vault_reader=21090545-7ca7-4776-b22c-e363652d74d2
+token="$AZURE_RESOURCE_TOKEN"
+# The vaults' region: the Event Hub's (main.bicep's EVENTHUB_LOCATION; the app's region unless
+# KVLINK_VAULTS_LOCATION moved the hub).
+hub_location="${EVENTHUB_LOCATION:-$AZURE_LOCATION}"
 
-# 1. Event Grid validates an AzureFunction endpoint against the app's function list, which the
+# 1. Every id must be a vault resource id; nothing is asked of Azure before all of them are.
+vault_list=()
+IFS=',' read -r -a raw_ids <<<"$KVLINK_VAULT_IDS"
+for raw_id in "${raw_ids[@]}"; do
+  vault_id="$(echo "$raw_id" | tr -d '[:space:]')"
+  [[ -n "$vault_id" ]] || continue
+  IFS='/' read -r -a parts <<<"$vault_id"
+  if [[ "${#parts[@]}" -ne 9 || "$(echo "${parts[6]}/${parts[7]}" | lower)" != "microsoft.keyvault/vaults" ]]; then
+    echo "postdeploy: '$vault_id' in KVLINK_VAULT_IDS is not a vault resource id (/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.KeyVault/vaults/<name>). Nothing was changed." >&2
+    exit 1
+  fi
+  vault_list+=("$vault_id")
+done
+if [[ "${#vault_list[@]}" -eq 0 ]]; then
+  echo "postdeploy: KVLINK_VAULT_IDS names no vault. Nothing was changed." >&2
+  exit 1
+fi
+
+# 2. Read each vault: its permission model decides access policy vs Key Vault Reader, and it must be in
+#    kvlink's region (a diagnostic setting streams only to an Event Hub in the vault's region, and the
+#    Functions host binds on_vault_log to one hub). All vaults are read before any is refused.
+rbac_list=()  # in step with vault_list (no associative arrays: macOS ships bash 3.2)
+elsewhere=()
+for vault_id in "${vault_list[@]}"; do
+  vault_name="${vault_id##*/}"
+  if ! vault_info="$(az resource show --ids "$vault_id" --query "[[location, properties.enableRbacAuthorization]]" --output tsv)"; then
+    echo "postdeploy: cannot read vault $vault_name ($vault_id): check the id and that you may read it. Nothing was changed." >&2
+    exit 1
+  fi
+  IFS=$'\t' read -r vault_location rbac_flag <<<"$vault_info"
+  if [[ "$(echo "$vault_location" | region)" != "$(echo "$hub_location" | region)" ]]; then
+    elsewhere+=("$vault_name ($vault_location): $vault_id")
+  fi
+  if [[ "$(echo "$rbac_flag" | lower)" == "true" ]]; then rbac_list+=(true); else rbac_list+=(false); fi
+done
+if [[ "${#elsewhere[@]}" -gt 0 ]]; then
+  {
+    echo "postdeploy: this environment's ($AZURE_ENV_NAME) Event Hub is in $hub_location; these vaults are not:"
+    printf '  - %s\n' "${elsewhere[@]}"
+    echo "A vault's audit logs stream only to an Event Hub in its own region, and one kvlink reads one hub, so"
+    echo "kvlink watches the vaults of one region per azd environment. Keep only $hub_location vaults here"
+    echo "(azd env set KVLINK_VAULT_IDS ..., then azd provision), and for each other region:"
+    echo "  azd env new kvlink-<region> && azd env set AZURE_LOCATION <region> && azd env set KVLINK_VAULT_IDS <that region's vault ids> && azd up"
+    echo "(where <region> has no Flex Consumption, keep AZURE_LOCATION a region that has it and set KVLINK_VAULTS_LOCATION <region>)"
+    echo "(README 'Several regions and subscriptions'). Nothing was changed."
+  } >&2
+  exit 1
+fi
+
+# 3. Resource providers, in the app's subscription (Event Grid fetches the function's key there) and in
+#    every vault's (system topics, diagnostic settings). Registering a registered provider changes nothing.
+subscriptions=("$AZURE_SUBSCRIPTION_ID")
+for vault_id in "${vault_list[@]}"; do
+  vault_sub="$(echo "$vault_id" | cut -d/ -f3)"
+  [[ " ${subscriptions[*]} " == *" $vault_sub "* ]] || subscriptions+=("$vault_sub")
+done
+for sub in "${subscriptions[@]}"; do
+  for namespace in Microsoft.EventGrid Microsoft.Insights; do
+    echo "Registering $namespace in subscription $sub (no change when it already is)..."
+    if ! az provider register --namespace "$namespace" --subscription "$sub" --wait --output none; then
+      echo "postdeploy: could not register $namespace in subscription $sub. Someone with Contributor (or */register/action) there runs: az provider register --namespace $namespace --subscription $sub --wait. No vault was changed." >&2
+      exit 1
+    fi
+  done
+done
+
+# 4. Per vault: reuse its system topic if it has one (one per vault), and leave an equivalent Key Vault
+#    Reader grant alone (ARM refuses a second one: RoleAssignmentExists).
+vaults_json=""
+for index in "${!vault_list[@]}"; do
+  vault_id="${vault_list[$index]}" rbac="${rbac_list[$index]}"
+  vault_sub="$(echo "$vault_id" | cut -d/ -f3)"
+  vault_name="${vault_id##*/}"
+  topic_name="" topic_group="" topic_note="new system topic egst-kvlink-$token-$(echo "$vault_name" | lower)"
+  topics="$(az eventgrid system-topic list --subscription "$vault_sub" --query "[].[name, resourceGroup, source, tags.kvlink]" --output tsv)"
+  while IFS=$'\t' read -r existing_name existing_group existing_source existing_token; do
+    [[ -n "$existing_name" ]] || continue
+    if [[ "$(echo "$existing_source" | lower)" == "$(echo "$vault_id" | lower)" ]]; then
+      if [[ "$existing_token" == "$token" ]]; then
+        topic_note="its system topic $existing_name (this environment's)"
+      else
+        topic_name="$existing_name" topic_group="$existing_group"
+        topic_note="its existing system topic $existing_name (kept; kvlink adds its subscription kvlink-$token)"
+      fi
+    fi
+  done <<<"$topics"
+
+  grant=true access="access policies -> list on secrets"
+  if [[ "$rbac" == true ]]; then
+    access="RBAC vault -> Key Vault Reader"
+    grants="$(az role assignment list --assignee "$AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID" --role "$key_vault_reader" \
+      --scope "$vault_id" --query "[].[name, scope, description]" --output tsv)"
+    while IFS=$'\t' read -r grant_name grant_scope grant_description; do
+      [[ -n "$grant_name" ]] || continue
+      if [[ "$(echo "$grant_scope" | lower)" == "$(echo "$vault_id" | lower)" && "$grant_description" != "kvlink $token" ]]; then
+        grant=false
+        access="RBAC vault -> Key Vault Reader already granted (assignment $grant_name; kept, and left in place by azd down)"
+      fi
+    done <<<"$grants"
+  fi
+  echo "  $vault_name: $access; $topic_note"
+  vaults_json+="${vaults_json:+, }{\"id\": \"$vault_id\", \"rbac\": $rbac, \"grantReader\": $grant, \"topicName\": \"$topic_name\", \"topicResourceGroup\": \"$topic_group\"}"
+done
+
+# 5. Event Grid validates an AzureFunction endpoint against the app's function list, which the
 #    platform fills in shortly after the deployment: wait for on_secret_event.
 echo "Waiting for $AZURE_FUNCTION_APP_NAME to list on_secret_event..."
 for attempt in $(seq 1 20); do
@@ -39,52 +154,21 @@ for attempt in $(seq 1 20); do
     break
   fi
   if [[ "$attempt" == 20 ]]; then
-    echo "postdeploy: on_secret_event is not listed on $AZURE_FUNCTION_APP_NAME after 5 minutes; check the deployment, then run 'azd hooks run postdeploy'." >&2
+    echo "postdeploy: on_secret_event is not listed on $AZURE_FUNCTION_APP_NAME after 5 minutes; check the deployment, then run 'azd hooks run postdeploy'. No vault was changed." >&2
     exit 1
   fi
   sleep 15
 done
 
-# 2. Look at each vault: its permission model decides access policy vs Key Vault Reader, and it must
-#    be in kvlink's region (a diagnostic setting streams only to an Event Hub in the vault's region).
-vaults_json=""
-IFS=',' read -r -a vault_ids <<<"$KVLINK_VAULT_IDS"
-for raw_id in "${vault_ids[@]}"; do
-  vault_id="$(echo "$raw_id" | tr -d '[:space:]')"
-  [[ -n "$vault_id" ]] || continue
-  IFS='/' read -r -a parts <<<"$vault_id"
-  if [[ "${#parts[@]}" -ne 9 || "$(echo "${parts[6]}/${parts[7]}" | lower)" != "microsoft.keyvault/vaults" ]]; then
-    echo "postdeploy: '$vault_id' in KVLINK_VAULT_IDS is not a vault resource id (/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.KeyVault/vaults/<name>)." >&2
-    exit 1
-  fi
-  vault_sub="${parts[2]}"
-  vault_name="${parts[8]}"
-  vault_info="$(az resource show --ids "$vault_id" --query "[[location, properties.enableRbacAuthorization]]" --output tsv)"
-  IFS=$'\t' read -r vault_location vault_rbac <<<"$vault_info"
-  if [[ "$(echo "$vault_location" | region)" != "$(echo "$AZURE_LOCATION" | region)" ]]; then
-    echo "postdeploy: vault $vault_name is in $vault_location but kvlink's Event Hub is in $AZURE_LOCATION; diagnostic settings stream only within a region. Deploy kvlink in $vault_location, or watch only vaults in $AZURE_LOCATION." >&2
-    exit 1
-  fi
-  rbac=false
-  [[ "$(echo "$vault_rbac" | lower)" == "true" ]] && rbac=true
-  # Event Grid allows one system topic per source: a topic someone else made for this vault blocks ours.
-  topic_name="egst-kvlink-$(echo "$vault_name" | lower)"
-  topics="$(az eventgrid system-topic list --subscription "$vault_sub" --query "[].[name, source]" --output tsv)"
-  while IFS=$'\t' read -r existing_name existing_source; do
-    if [[ "$(echo "$existing_source" | lower)" == "$(echo "$vault_id" | lower)" && "$existing_name" != "$topic_name" ]]; then
-      echo "postdeploy: vault $vault_name already has the Event Grid system topic '$existing_name' (only one is allowed per vault). Remove it, or move its subscriptions to '$topic_name' after this deployment creates it." >&2
-      exit 1
-    fi
-  done <<<"$topics"
-  echo "  $vault_name: $([[ "$rbac" == true ]] && echo "RBAC vault -> Key Vault Reader" || echo "access policies -> list on secrets")"
-  vaults_json+="${vaults_json:+, }{\"id\": \"$vault_id\", \"rbac\": $rbac}"
+# 6. Remember every vault this environment ever touched before touching one, so `azd down` can clean up
+#    even after a deployment that stopped half-way, or after a vault left KVLINK_VAULT_IDS.
+applied="${KVLINK_APPLIED_VAULT_IDS:-}"
+for vault_id in "${vault_list[@]}"; do
+  [[ ",$(echo "$applied" | lower)," == *",$(echo "$vault_id" | lower),"* ]] || applied+="${applied:+,}$vault_id"
 done
-if [[ -z "$vaults_json" ]]; then
-  echo "postdeploy: KVLINK_VAULT_IDS names no vault." >&2
-  exit 1
-fi
+azd env set KVLINK_APPLIED_VAULT_IDS "$applied"
 
-# 3. One subscription-scope deployment applies everything, in every vault's own resource group.
+# 7. One subscription-scope deployment applies everything, in every vault's own resource group.
 params="$(mktemp)"
 trap 'rm -f "$params"' EXIT
 cat >"$params" <<JSON
@@ -93,6 +177,7 @@ cat >"$params" <<JSON
   "contentVersion": "1.0.0.0",
   "parameters": {
     "environmentName": {"value": "$AZURE_ENV_NAME"},
+    "resourceToken": {"value": "$token"},
     "vaults": {"value": [$vaults_json]},
     "functionAppId": {"value": "$AZURE_FUNCTION_APP_ID"},
     "functionPrincipalId": {"value": "$AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID"},
@@ -106,14 +191,17 @@ cat >"$params" <<JSON
 JSON
 
 echo "Applying kvlink's access, diagnostic settings and Event Grid subscriptions to the vaults..."
-az deployment sub create \
+if ! az deployment sub create \
   --subscription "$AZURE_SUBSCRIPTION_ID" \
-  --name "kvlink-vaults-${AZURE_ENV_NAME:0:50}" \
+  --name "kvlink-vaults-$token" \
   --location "$AZURE_LOCATION" \
   --template-file infra/vaults.bicep \
   --parameters "@$params" \
-  --output none
-echo "Done. Secret events now reach on_secret_event; audit logs reach $EVENTHUB_NAME."
+  --output none; then
+  echo "postdeploy: the deployment kvlink-vaults-$token failed (its error is above; README 'Troubleshooting' lists the usual ones). What it applied is named kvlink-$token: run 'azd hooks run postdeploy' again once fixed (it changes nothing twice), or 'azd down' to remove it." >&2
+  exit 1
+fi
+echo "Done. Secret events now reach on_secret_event; audit logs reach $EVENTHUB_NAME (diagnostic setting and event subscription kvlink-$token)."
 
 # 4. What azd cannot do: Azure DevOps users are not Azure resources, so someone lets the identity in.
 #    The identity's name is its display name in Entra ID, what the "Add users" dialog searches for.

@@ -10,7 +10,6 @@ import functools
 import json
 import logging
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +146,11 @@ def test_rbac_vaults_get_key_vault_reader_and_policy_vaults_get_list():
     reader = template["resources"]["readerRole"]
     policy = template["resources"]["listPolicy"]
     assert role_id(path, reader) == KEY_VAULT_READER
-    assert condition(reader) == "rbac"
+    # An equivalent grant already there is left alone (ARM would refuse a second: RoleAssignmentExists).
+    assert condition(reader) == {
+        "operator": {"type": "and", "operands": {"operand_1": "rbac", "operand_2": "grantReader"}}
+    }
+    assert body(reader)["properties"]["description"] == "kvlink ${resourceToken}"
     assert body(reader)["scope"] == "vault"
     assert condition(policy) == {"operator": {"type": "not", "operands": {"bool_value": "rbac"}}}
     diagnostics = body(template["resources"]["auditToEventHub"])
@@ -241,7 +244,14 @@ def test_event_subscription_delivers_the_three_secret_events_with_retry_and_dead
     assert properties["eventDeliverySchema"] == "EventGridSchema"
     assert properties["destination"]["endpointType"] == "AzureFunction"
     assert set(properties["retryPolicy"]) == {"maxDeliveryAttempts", "eventTimeToLiveInMinutes"}
-    dead_letter = properties["deadLetterWithResourceIdentity"]
+    # Dead letters need the topic's identity, which kvlink sets only on a topic it creates.
+    assert properties["deadLetterWithResourceIdentity"] == {
+        "operator": {
+            "type": "conditional",
+            "operands": {"condition": "createTopic", "true_value": "deadLetter", "false_value": None},
+        }
+    }
+    dead_letter = resolve(INFRA / "core" / "eventgrid" / "system-topic.bicep", "deadLetter")
     assert dead_letter["deadLetterDestination"]["endpointType"] == "StorageBlob"
     assert dead_letter["deadLetterDestination"]["properties"]["blobContainerName"] == "deadLetterContainerName"
     assert dead_letter["identity"]["type"] == "UserAssigned"
@@ -413,79 +423,6 @@ def test_identity_display_name_is_a_deployment_output():
     }
 
 
-RG = "/subscriptions/0001/resourceGroups/rg/providers"
-AZD_VALUES = {
-    "AZURE_ENV_NAME": "kvlink-prod",
-    "AZURE_LOCATION": "westeurope",
-    "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000001",
-    "AZURE_RESOURCE_GROUP": "rg-kvlink-prod",
-    "AZURE_FUNCTION_APP_NAME": "func-abc123",
-    "AZURE_FUNCTION_APP_ID": f"{RG}/Microsoft.Web/sites/func-abc123",
-    "AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID": "11111111-1111-1111-1111-111111111111",
-    "AZURE_FUNCTION_IDENTITY_CLIENT_ID": "22222222-2222-2222-2222-222222222222",
-    "AZURE_FUNCTION_IDENTITY_NAME": "id-abc123",
-    "AZURE_EVENTGRID_IDENTITY_ID": f"{RG}/Microsoft.ManagedIdentity/userAssignedIdentities/id-evgt",
-    "AZURE_STORAGE_ACCOUNT_ID": f"{RG}/Microsoft.Storage/storageAccounts/stabc123",
-    "EVENTGRID_DEADLETTER_CONTAINER": "eventgrid-deadletter",
-    "EVENTHUB_NAME": "evh-kvlink-audit",
-    "EVENTHUB_DIAGNOSTICS_RULE_ID": f"{RG}/Microsoft.EventHub/namespaces/evhns/authorizationRules/kvlink-diagnostics",
-    "KVLINK_VAULT_IDS": f"{RG}/Microsoft.KeyVault/vaults/kv-contoso-prod",
-    "KVLINK_DEVOPS_ORGS": "contoso",
-    "KVLINK_ALLOWED_VAULTS": "kv-contoso-prod",
-    "SERVICE_API_URI": "https://func-abc123.azurewebsites.net",
-}
-
-# Stand-ins for the two CLIs the hook calls: azd prints the environment, az answers what the hook asks
-# (the app lists on_secret_event; the vault is an access-policy vault in the region; no system topic).
-AZD_STUB = """#!/usr/bin/env bash
-[[ "$*" == "env get-values" ]] || { echo "azd stub: unexpected $*" >&2; exit 2; }
-cat "$(dirname "$0")/values"
-"""
-AZ_STUB = """#!/usr/bin/env bash
-echo "$*" >> "$(dirname "$0")/az.log"
-case "$1 $2" in
-  "functionapp function") echo on_secret_event ;;
-  "resource show") printf 'westeurope\\tfalse\\n' ;;
-  "eventgrid system-topic") ;;
-  "deployment sub") ;;
-  *) echo "az stub: unexpected $*" >&2; exit 2 ;;
-esac
-"""
-
-
-def test_postdeploy_ends_with_the_manual_step_and_a_check(tmp_path):
-    """Run under bash with stand-in az/azd: the hook deploys, then names the identity, the step and a check."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "values").write_text("".join(f'{key}="{value}"\n' for key, value in AZD_VALUES.items()))
-    for name, text in {"azd": AZD_STUB, "az": AZ_STUB}.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    environment = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
-
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "postdeploy.sh")],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-    assert done.returncode == 0, done.stderr
-    assert "deployment sub create" in (bin_dir / "az.log").read_text()
-    lines = done.stdout.strip().splitlines()
-    identity, step, check = lines[-3:]
-    assert identity == "Azure DevOps identity: id-abc123 (client id 22222222-2222-2222-2222-222222222222)"
-    for needed in ("contoso", "Add users", "Basic", "every project", "Library > Security: Administrator", "Reader"):
-        assert needed in step
-    assert check.startswith("Check: curl -fsS 'https://func-abc123.azurewebsites.net/api/health' && ")
-    assert (
-        "KVLINK_DEVOPS_ORGS='contoso' KVLINK_ALLOWED_VAULTS='kv-contoso-prod' python -m kvlink_core audit --dry-run"
-        in check
-    )
-
-
 def test_postdeploy_ps1_prints_the_same_ending():
     """No PowerShell here: the Windows hook's last lines say the same things (text check)."""
     script = (ROOT / "scripts" / "postdeploy.ps1").read_text()
@@ -516,3 +453,93 @@ def test_readme_log_queries_match_the_lines_kvlink_writes():
     assert 'Message startswith "Group " and Message has "): added "' in writes
     assert logged.getMessage().startswith("Group ") and "): added " in logged.getMessage()
     assert '"Group " Group " (" Key "): added " Added ", removed " Removed " (" Origin' in writes
+
+
+# -- several environments, regions and subscriptions ---------------------------------------------------
+
+
+def test_names_on_and_beside_a_vault_carry_the_environment():
+    """Diagnostic setting, event subscription, a system topic kvlink creates and nested deployments carry the token."""
+    vaults = parse(INFRA / "vaults.bicep")
+    assert vaults["parameters"]["resourceToken"]["type"] == "string"
+    assert vaults["variables"]["footprintName"]["value"] == "kvlink-${resourceToken}"
+    access = vaults["modules"]["vaultAccess"]
+    events = vaults["modules"]["vaultEvents"]
+    assert body(access)["name"] == "kvlink-access-${resourceToken}-${uniqueString(vault.id)}"
+    assert body(events)["name"] == "kvlink-events-${resourceToken}-${uniqueString(vault.id)}"
+    assert body(access)["params"]["diagnosticSettingName"] == "footprintName"
+    assert body(events)["params"]["subscriptionName"] == "footprintName"
+    name = body(events)["params"]["name"]["operator"]
+    assert name["type"] == "conditional"
+    # pycep splits this interpolated string at its '/' literal; the token is in it all the same.
+    assert "${abbrs.eventGridSystemTopics}kvlink-${resourceToken}-${toLower(" in json.dumps(
+        name["operands"]["true_value"]
+    )
+    # The modules take the names as given: no fixed default to fall back on.
+    vault_access = parse(INFRA / "core" / "keyvault" / "vault-access.bicep")["parameters"]
+    system_topic = parse(INFRA / "core" / "eventgrid" / "system-topic.bicep")["parameters"]
+    assert vault_access["diagnosticSettingName"]["default"] is None
+    assert system_topic["subscriptionName"]["default"] is None
+    # No fixed name is left anywhere under infra/.
+    for path in BICEP_FILES:
+        text = path.read_text()
+        assert "'kvlink-on-secret-event'" not in text, path.name
+        assert "diagnosticSettingName string = 'kvlink'" not in text, path.name
+
+
+def test_a_topic_kvlink_creates_is_tagged_and_an_existing_one_is_reused():
+    """createTopic false reuses the vault's topic (subscription only); a created topic carries the kvlink tag."""
+    template = parse(INFRA / "core" / "eventgrid" / "system-topic.bicep")
+    topic = template["resources"]["systemTopic"]
+    assert condition(topic) == "createTopic"
+    tags = body(topic)["tags"]["function"]
+    assert tags["type"] == "union" and tags["parameters"]["arg_2"] == {"kvlink": "resourceToken"}
+    subscription = body(template["resources"]["toFunction"])
+    assert subscription["name"] == "${name}/${subscriptionName}"
+    assert subscription["dependsOn"] == ["systemTopic"]
+    events = body(parse(INFRA / "vaults.bicep")["modules"]["vaultEvents"])
+    assert events["params"]["createTopic"] == {
+        "function": {
+            "type": "empty",
+            "parameters": {
+                "item_to_test": {
+                    "operator": {
+                        "type": "property_accessor",
+                        "operands": {"operand_1": "vault", "operand_2": "topicName"},
+                    }
+                }
+            },
+        }
+    }
+
+
+def test_main_outputs_the_token_and_the_vault_ids_for_the_hooks():
+    """AZURE_RESOURCE_TOKEN and KVLINK_VAULT_IDS are outputs: a value typed at azd's prompt reaches the hooks."""
+    main = parse(INFRA / "main.bicep")
+    assert main["outputs"]["AZURE_RESOURCE_TOKEN"]["value"] == "resourceToken"
+    assert main["outputs"]["KVLINK_VAULT_IDS"]["value"] == "vaultIds"
+    mapped = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]["vaultIds"]["value"]
+    assert mapped == "${KVLINK_VAULT_IDS}"
+    for hook in ("postdeploy.sh", "predown.sh", "postdeploy.ps1", "predown.ps1"):
+        text = (ROOT / "scripts" / hook).read_text()
+        assert "AZURE_RESOURCE_TOKEN" in text and "KVLINK_VAULT_IDS" in text, hook
+
+
+def test_the_event_hub_follows_the_vaults_region():
+    """vaultsLocation (KVLINK_VAULTS_LOCATION) moves only the Event Hub: vaults where Flex Consumption does not run."""
+    main = parse(INFRA / "main.bicep")
+    assert main["parameters"]["vaultsLocation"]["default"] == ""
+    hub_location = main["variables"]["eventHubLocation"]["value"]["operator"]
+    assert hub_location["type"] == "conditional"
+    assert hub_location["operands"]["condition"] == {
+        "function": {"type": "empty", "parameters": {"item_to_test": "vaultsLocation"}}
+    }
+    assert (hub_location["operands"]["true_value"], hub_location["operands"]["false_value"]) == (
+        "location",
+        "vaultsLocation",
+    )
+    assert body(main["modules"]["eventHub"])["params"]["location"] == "eventHubLocation"
+    assert body(main["modules"]["functionApp"])["params"]["location"] == "location"
+    assert main["outputs"]["EVENTHUB_LOCATION"]["value"] == "eventHubLocation"
+    mapped = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]["vaultsLocation"]["value"]
+    assert mapped == "${KVLINK_VAULTS_LOCATION=}"

@@ -6,11 +6,18 @@ param vaultName string
 @description('True when the vault uses Azure RBAC; false for the access-policy permission model.')
 param rbac bool
 
+@description('False when the identity already holds Key Vault Reader on the vault under another assignment: ARM refuses a second one for the same principal, role and scope (RoleAssignmentExists).')
+param grantReader bool = true
+
 @description('Object (principal) id of kvlink\'s managed identity.')
 param principalId string
 param tenantId string = subscription().tenantId
 
-param diagnosticSettingName string = 'kvlink'
+@description('The environment\'s resource token: it marks the role assignment kvlink made, so predown removes only that one.')
+param resourceToken string
+
+@description('Carries the environment (kvlink-<resource token>): one setting per environment watching this vault.')
+param diagnosticSettingName string
 @description('Namespace authorization rule that Azure Monitor streams with (Manage, Send, Listen).')
 param eventHubAuthorizationRuleId string
 param eventHubName string
@@ -45,14 +52,15 @@ resource listPolicy 'Microsoft.KeyVault/vaults/accessPolicies@2023-07-01' = if (
   }
 }
 
-// RBAC vaults: Key Vault Reader at the vault's scope.
-resource readerRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (rbac) {
+// RBAC vaults: Key Vault Reader at the vault's scope, unless an equivalent grant is already there.
+resource readerRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (rbac && grantReader) {
   name: guid(vault.id, principalId, keyVaultReaderRoleId)
   scope: vault
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultReaderRoleId)
     principalId: principalId
     principalType: 'ServicePrincipal'
+    description: 'kvlink ${resourceToken}'
   }
 }
 
