@@ -86,6 +86,10 @@ def run_baseline(kind: str) -> dict[str, Any]:
 
 
 def worker(kind: str) -> None:
+    if os.environ.get("BENCH_GC_THRESHOLD"):  # measure the audit's collector setting against another
+        from kvlink_core import audit
+
+        audit.AUDIT_GC_THRESHOLD = int(os.environ["BENCH_GC_THRESHOLD"])
     contender = run_kvlink if kind == "kvlink" else lambda: run_baseline(kind)
     profile_to = os.environ.get("BENCH_PROFILE")
     result = _profiled(contender, Path(profile_to)) if profile_to else contender()
