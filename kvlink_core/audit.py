@@ -731,15 +731,19 @@ def _collector_tuned() -> Iterator[None]:
 
     With the default thresholds the collector rescanned the growing listings again and again
     (about 5% of the audit's CPU); a larger first generation scans them far less often, and
-    what the process holds already (modules, clients) is frozen out of every scan.
+    what the process holds already (modules, clients) is frozen out of every scan for the run.
+    Both are set back afterwards: a long-lived host must still collect what becomes garbage later.
     """
     thresholds = gc.get_threshold()
+    frozen = gc.get_freeze_count()
     gc.freeze()
     gc.set_threshold(AUDIT_GC_THRESHOLD, *thresholds[1:])
     try:
         yield
     finally:
         gc.set_threshold(*thresholds)
+        if not frozen:  # leave a freeze someone else made alone
+            gc.unfreeze()
 
 
 def _store(engine: Engine, report: AuditReport, summary: Mapping[str, Any]) -> None:

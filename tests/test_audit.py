@@ -455,8 +455,8 @@ class TestMemory:
     def test_the_collector_is_set_back_after_an_audit(self, big):
         import gc
 
-        before = gc.get_threshold()
+        before = gc.get_threshold(), gc.get_freeze_count()
 
         run_audit(big.engine, store=False)
 
-        assert gc.get_threshold() == before
+        assert (gc.get_threshold(), gc.get_freeze_count()) == before
