@@ -58,14 +58,11 @@ class KeyVault:
         self._transport_factory = transport_factory
         self._async_transport_factory = async_transport_factory
         self._list_async = async_transport_factory is not None or transport_factory is None
-        self._trust_env = bool(azure_transport_options(settings.ca_bundle)["use_env_settings"])
         self._loop: _Loop | None = None
         self._credential = credential
-        transport_options = azure_transport_options(settings.ca_bundle)
+        self._trust_env = bool(azure_transport_options(settings.ca_bundle)["use_env_settings"])
         self._session = shared_session(
-            settings.ca_bundle,
-            pool_size=settings.vault_concurrency,
-            trust_env=bool(transport_options["use_env_settings"]),
+            settings.ca_bundle, pool_size=settings.vault_concurrency, trust_env=self._trust_env
         )
         self._client_options: dict[str, Any] = {
             "retry_total": retry_total,
