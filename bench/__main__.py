@@ -3,6 +3,9 @@
 Each benchmark also leaves its raw numbers in bench/results/<name>.json.
 `python -m bench profile-audit` profiles kvlink's audit alone (cProfile, in the audit's own
 process) and writes the summary to bench/results/audit_profile.txt; `--full` at full scale.
+`python -m bench.listing` measures the CPU per Key Vault page of the sync and async listing paths
+(`--profile async` profiles one); `python -m bench.audit_scale --skip-sequential` runs kvlink's
+audit alone (its JSON gives the listing loop's CPU apart).
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ def audit_section(result: dict) -> list[str]:
             seen = r["end_state"]["standin_calls"].get("devops_by_kind", {})
             lines.append(f"| {name} | " + " | ".join(str(seen.get(kind, 0)) for kind in kinds) + " |")
     lines.append("| lower bound | " + " | ".join(str(bound[kind]) for kind in bound_kinds) + " |")
+    lines += _before_after(result.get("before_after"))
     if gets < bound["devops GET"]:
         lines += [""]
         lines.append(
@@ -161,6 +165,32 @@ def calls_section(rows: list[dict]) -> list[str]:
         ("Every change at the platform minimum" if platform else "**Some changes are off the platform minimum**")
         + (", every group right after it." if right else "; **some groups are wrong after a change**."),
     ]
+    return lines
+
+
+def _before_after(record: dict | None) -> list[str]:
+    """kvlink's audit before and after a change, measured in one session (``before_after`` in audit_scale.json)."""
+    if not record:
+        return []
+    lines = [
+        "",
+        f"### {record['title']}",
+        "",
+        f"{record['how']}",
+        "",
+        "| | wall time | CPU (client) | of it, Key Vault listing loop | peak memory | Key Vault pages "
+        "| Azure DevOps GET / PUT | end state |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in record["runs"]:
+        loop = run.get("keyvault_loop_cpu_seconds")
+        lines.append(
+            f"| {run['label']} | {run['seconds']:.1f} s | {run['cpu_seconds']:.1f} s | "
+            f"{f'{loop:.1f} s' if loop is not None else '(sync, in the pool threads)'} | {run['peak_rss_mb']:.0f} MB | "
+            f"{run['calls'].get('keyvault GET', 0)} | {run['calls'].get('devops GET', 0)} / "
+            f"{run['calls'].get('devops PUT', 0)} | {_end_state(run)} |"
+        )
+    lines += ["", record["verdict"]]
     return lines
 
 

@@ -4,7 +4,9 @@ The recordings (``recordings/keyvault/``, sources in its README) are in the Azur
 format: ``{"Entries": [{"RequestUri", "RequestMethod", "StatusCode", "ResponseHeaders",
 "ResponseBody"}]}``. :class:`ReplayTransport` sits where ``RequestsTransport`` would, so the
 SDK's own pipeline -- Key Vault's challenge policy with ``verify_challenge_resource``, retries,
-headers -- runs unmodified; only the socket is replaced.
+headers -- runs unmodified; only the socket is replaced. :class:`AsyncReplayTransport` does the
+same for the async pipeline kvlink lists vaults with (``AsyncSecretClient``'s policies), answering
+from the same recording.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from urllib.parse import urlsplit
 
 import requests
 from azure.core.credentials import AccessToken, AccessTokenInfo
-from azure.core.pipeline.transport import HttpTransport
+from azure.core.pipeline.transport import AsyncHttpTransport, HttpTransport
+from azure.core.rest._http_response_impl_async import RestAsyncHttpClientTransportResponse
 from azure.core.rest._requests_basic import RestRequestsTransportResponse
 
 RECORDINGS = Path(__file__).parent / "recordings" / "keyvault"
@@ -60,11 +63,15 @@ class ReplayTransport(HttpTransport):  # type: ignore[misc]
         return not self._pages
 
     def send(self, request: Any, **kwargs: Any) -> Any:
+        return _response(request, self.answer(request))
+
+    def answer(self, request: Any) -> dict[str, Any]:
+        """The recorded entry that answers ``request`` (asserting it is the one the recording expects)."""
         authorization = request.headers.get("Authorization")
         self.seen.append(Seen(request.method, request.url, authorization))
         if authorization is None:
             assert self._challenge is not None, f"unauthenticated request, no challenge recorded: {request.url}"
-            return _response(request, self._challenge)
+            return self._challenge
         assert self._pages, f"request beyond the recording: {request.method} {request.url}"
         entry = self._pages.pop(0)
         assert request.method == entry["RequestMethod"], (request.method, entry["RequestMethod"])
@@ -75,7 +82,7 @@ class ReplayTransport(HttpTransport):  # type: ignore[misc]
             assert request.url == self._next_link, (request.url, self._next_link)
         body = entry["ResponseBody"]
         self._next_link = body.get("nextLink") if isinstance(body, dict) else None
-        return _response(request, entry)
+        return entry
 
     def open(self) -> None:
         pass  # nothing to connect
@@ -90,16 +97,61 @@ class ReplayTransport(HttpTransport):  # type: ignore[misc]
         pass  # the pipeline enters the transport per call
 
 
+class AsyncReplayTransport(AsyncHttpTransport):  # type: ignore[misc]
+    """A :class:`ReplayTransport` (its recording, its record of requests) behind the async pipeline."""
+
+    def __init__(self, replay: ReplayTransport) -> None:
+        self.replay = replay
+
+    async def send(self, request: Any, **kwargs: Any) -> Any:
+        entry = self.replay.answer(request)
+        response = RestAsyncHttpClientTransportResponse(request=request, internal_response=_RawResponse(entry))
+        await response.read()
+        return response
+
+    async def open(self) -> None:
+        pass  # nothing to connect
+
+    async def close(self) -> None:
+        pass  # nothing to release
+
+    async def __aenter__(self) -> AsyncReplayTransport:
+        return self
+
+    async def __aexit__(self, *args: Any) -> None:
+        pass  # the pipeline enters the transport per call
+
+
+class _RawResponse:
+    """A recorded answer in the shape of an ``http.client`` response (what the async rest response wraps)."""
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        self.status = entry["StatusCode"]
+        self.reason = HTTPStatus(self.status).phrase
+        self._headers = list(entry["ResponseHeaders"].items())
+        self._content = _content(entry)
+
+    def getheaders(self) -> list[tuple[str, str]]:
+        return self._headers
+
+    def read(self) -> bytes:
+        return self._content
+
+    async def close(self) -> None:
+        pass  # nothing to release
+
+
+def _content(entry: dict[str, Any]) -> bytes:
+    # Key Vault sends compact JSON; the recordings' Content-Length is that length.
+    return b"" if entry["ResponseBody"] is None else json.dumps(entry["ResponseBody"], separators=(",", ":")).encode()
+
+
 def _response(request: Any, entry: dict[str, Any]) -> Any:
     """The recorded answer as the requests-based transport would build it."""
     raw = requests.Response()
     raw.status_code = entry["StatusCode"]
     raw.headers.update(entry["ResponseHeaders"])
-    # Key Vault sends compact JSON; the recordings' Content-Length is that length.
-    content = (
-        b"" if entry["ResponseBody"] is None else json.dumps(entry["ResponseBody"], separators=(",", ":")).encode()
-    )
-    raw.raw = io.BytesIO(content)
+    raw.raw = io.BytesIO(_content(entry))
     raw.url = request.url
     raw.reason = HTTPStatus(raw.status_code).phrase
     response = RestRequestsTransportResponse(request=request, internal_response=raw)

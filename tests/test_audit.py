@@ -424,3 +424,39 @@ def test_group_summary_keeps_the_first_names_and_the_count():
     assert summary["mapped"] == 120 and len(summary["names"]) == GROUP_NAMES_KEPT == 50
     assert summary["names"][:2] == ["Secret-001", "Secret-002"]
     assert summary["policy"] == "merge; include *; exclude *-old; drops expired"
+
+
+class TestMemory:
+    def test_a_listed_group_keeps_its_names_not_their_attributes(self):
+        """The audit plans from names; the write re-reads the group, so per-variable attributes are not kept."""
+        from kvlink_core.audit import _slim
+        from kvlink_core.devops import VariableGroup
+
+        listed = VariableGroup(
+            {
+                "id": 7,
+                "name": "app",
+                "type": "AzureKeyVault",
+                "providerData": {"vault": "kv1", "serviceEndpointId": "e1"},
+                "variables": {
+                    "db-password": {"isSecret": True, "value": None, "enabled": True, "contentType": ""},
+                    "Api-Key": {"isSecret": True, "value": None, "enabled": False, "contentType": "x"},
+                },
+            }
+        )
+
+        slim = _slim(listed)
+
+        assert (slim.id, slim.name, slim.vault, slim.service_endpoint_id) == (7, "app", "kv1", "e1")
+        assert list(slim.variables) == ["db-password", "Api-Key"]
+        assert len({id(v) for v in slim.variables.values()}) == 1  # one shared placeholder, not a dict each
+        assert listed.raw["variables"]["Api-Key"]["enabled"] is False  # the listing itself is untouched
+
+    def test_the_collector_is_set_back_after_an_audit(self, big):
+        import gc
+
+        before = gc.get_threshold(), gc.get_freeze_count()
+
+        run_audit(big.engine, store=False)
+
+        assert (gc.get_threshold(), gc.get_freeze_count()) == before

@@ -164,3 +164,28 @@ def test_official_list_example_is_followed_to_its_443_page():
     state = states["listsecrettest0"]
     assert (state.enabled, state.content_type, state.managed) == (True, "plainText", False)
     assert states["listsecrettest1"].enabled is False
+
+
+def test_the_event_path_does_not_import_the_async_listing_machinery():
+    """Cold start: importing the app (what every first event pays) loads neither aiohttp nor the SDK's aio client."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = (
+        "import sys, function_app\n"
+        "loaded = [m for m in ('aiohttp', 'azure.keyvault.secrets.aio', 'azure.core.pipeline.transport._aiohttp')"
+        " if m in sys.modules]\n"
+        "print(','.join(loaded))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_one_secret_takes_the_sync_pipeline(estate, reader):
+    """An event's version list never starts the listing loop (the event path stays on requests)."""
+    estate.kv.set_secret(estate.vault, "app-one")
+
+    assert reader.secret_state(estate.vault, "app-one").exists
+    assert reader._loop is None

@@ -3,6 +3,8 @@
 A stand-in agrees with the code written beside it; these recordings agree with Azure. Sources and
 what was trimmed: ``recordings/keyvault/README.md``. Production settings (no emulator), so the SDK's
 challenge policy verifies the recorded resource against the recorded ``*.vault.azure.net`` URL.
+Every test runs twice: vault listings on the sync pipeline (``SecretClient``) and on the async one
+(``AsyncSecretClient``, what kvlink lists with by default), both over the same recording.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from kvreplay import RecordingCredential, ReplayTransport, recording
+from kvreplay import AsyncReplayTransport, RecordingCredential, ReplayTransport, recording
 
 from kvlink_core.errors import UpstreamError
 from kvlink_core.keyvault import KeyVault
+from kvlink_core.model import SecretState
 from kvlink_core.settings import Settings
 
 VAULT = "keyvault_name"  # the recordings' sanitized vault name
@@ -33,15 +36,30 @@ def _no_cached_challenge() -> Iterator[None]:
     http_challenge_cache.clear()
 
 
+@pytest.fixture(autouse=True, params=["sync", "async"])
+def _pipeline(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which pipeline the vault listings take (version lists always take the sync one)."""
+    monkeypatch.setattr(Replay, "pipeline", request.param)
+
+
 class Replay:
     """One recording, kvlink's KeyVault over it, and what was asked of the transport and credential."""
+
+    pipeline = "sync"
 
     def __init__(self, entries: list[dict]) -> None:
         self.transport = ReplayTransport(entries)
         self.credential = RecordingCredential()
         settings = Settings(devops_orgs=("contoso",), allowed_vaults=None)  # Azure's vault URL template
         assert not settings.emulator
-        self.kv = KeyVault(settings, self.credential, retry_total=0, transport_factory=lambda: self.transport)
+        listed_async = self.pipeline == "async"
+        self.kv = KeyVault(
+            settings,
+            self.credential,
+            retry_total=0,
+            transport_factory=lambda: self.transport,
+            async_transport_factory=(lambda: AsyncReplayTransport(self.transport)) if listed_async else None,
+        )
 
     @property
     def urls(self) -> list[str]:
@@ -137,6 +155,19 @@ class TestListSecrets:
         assert cert.tags == {"tag": "tag03"}
         assert states["listsecretname-canlistsecretproperties-0"].content_type is None
         assert len(run.urls) == 2 and run.transport.exhausted
+
+    def test_untagged_secrets_share_one_empty_mapping_and_lower_case_names_their_key(self):
+        """An audit holds every secret of every vault: no per-secret empty dict, no second copy of the name."""
+        run, _ = replay("js-list-secret-properties.json")
+
+        states = run.kv.list_secrets(VAULT)
+
+        untagged = [s for s in states.values() if not s.tags]
+        assert len(untagged) >= 2 and len({id(s.tags) for s in untagged}) == 1
+        mixed = next(iter(states.values()))
+        assert mixed.key == mixed.name.lower() != mixed.name
+        lower = SecretState("db-password")
+        assert lower.key is lower.name
 
 
 class TestVersions:
