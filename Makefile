@@ -63,7 +63,7 @@ browser:
 # Every shell script (the azd hooks, the installers) through Debian's shellcheck, installed first if missing.
 shellcheck:
 	bash scripts/install-shellcheck.sh
-	shellcheck scripts/*.sh
+	shellcheck scripts/*.sh scripts/lib/*.sh
 
 test: lint infra-check shellcheck browser
 	$(BIN)/python -m pytest

@@ -3,6 +3,10 @@
 # nothing happens when /usr/bin/chromium is there. Only Debian's package is used -- a test tool's
 # own browser download is not available everywhere kvlink's CI runs.
 set -euo pipefail
+# The folder of this script, without dirname: the skip path must work on a bare PATH.
+case "${BASH_SOURCE[0]}" in */*) here=${BASH_SOURCE[0]%/*} ;; *) here=. ;; esac
+# shellcheck source=lib/apt-install.sh
+source "$here/lib/apt-install.sh"
 
 # Checked first, so a machine without apt-get (or root) can still run `make test`: the browser
 # test then skips too (tests/test_report_browser.py reads the same variable).
@@ -13,22 +17,5 @@ fi
 if [ -x /usr/bin/chromium ]; then
     exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-chromium: /usr/bin/chromium is missing and this is not a Debian/Ubuntu system;" >&2
-    echo "install Chromium yourself, or set KVLINK_SKIP_BROWSER=1 to skip the browser test" >&2
-    exit 1
-fi
-if [ "$(id -u)" -eq 0 ]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-else
-    echo "install-chromium: installing Chromium needs root (or sudo): apt-get install chromium;" >&2
-    echo "or set KVLINK_SKIP_BROWSER=1 to skip the browser test" >&2
-    exit 1
-fi
-echo "install-chromium: installing Debian's chromium package"
-export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get update -qq
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends chromium
+apt_install install-chromium chromium "or set KVLINK_SKIP_BROWSER=1 to skip the browser test"
 /usr/bin/chromium --version

@@ -1,26 +1,14 @@
 #!/usr/bin/env bash
 # Debian's shellcheck for `make test` (which then checks every script under scripts/). Idempotent:
-# nothing happens when shellcheck is on PATH. Same shape as scripts/install-chromium.sh.
+# nothing happens when shellcheck is on PATH.
 set -euo pipefail
+# The folder of this script, without dirname: the skip path must work on a bare PATH.
+case "${BASH_SOURCE[0]}" in */*) here=${BASH_SOURCE[0]%/*} ;; *) here=. ;; esac
+# shellcheck source=lib/apt-install.sh
+source "$here/lib/apt-install.sh"
 
 if command -v shellcheck >/dev/null 2>&1; then
     exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-shellcheck: shellcheck is missing and this is not a Debian/Ubuntu system;" >&2
-    echo "install it yourself (https://github.com/koalaman/shellcheck#installing)" >&2
-    exit 1
-fi
-if [ "$(id -u)" -eq 0 ]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-else
-    echo "install-shellcheck: installing shellcheck needs root (or sudo): apt-get install shellcheck" >&2
-    exit 1
-fi
-echo "install-shellcheck: installing Debian's shellcheck package"
-export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get update -qq
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends shellcheck
+apt_install install-shellcheck shellcheck
 shellcheck --version

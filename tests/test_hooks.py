@@ -471,7 +471,7 @@ def test_shellcheck_is_clean_on_every_script():
     """Every shell script (the hooks, the installers) passes shellcheck; `make test` installs and runs it too."""
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (make test installs it: scripts/install-shellcheck.sh)")
-    scripts = sorted(str(path) for path in SCRIPTS.glob("*.sh"))
+    scripts = sorted(str(path) for path in [*SCRIPTS.glob("*.sh"), *SCRIPTS.glob("lib/*.sh")])
     done = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stdout
 
