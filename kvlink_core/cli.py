@@ -420,7 +420,8 @@ def _unlink(args: argparse.Namespace, out: TextIO) -> int:
         print(json.dumps({"unlinked": link_json(link)}, indent=2), file=out)
     else:
         print(
-            f"unlinked group {link.group_name!r} (id {link.group_id}); the group itself is unchanged",
+            f"unlinked group {link.group_name!r} (id {link.group_id}); its names are unchanged "
+            "(kvlink's marker is out of its description)",
             file=out,
         )
     return EXIT_OK

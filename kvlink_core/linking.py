@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from .devops import KEY_VAULT_TYPE, VariableGroup
 from .errors import RequestError, UpstreamError
+from .marker import TooLongError, marked_group, render, with_marker
 from .model import GroupKey, Link, Policy
-from .names import check_group_name, check_organization, check_project, check_vault
+from .names import check_group_name, check_organization, check_pattern, check_project, check_vault
 from .plan import Plan, apply_plan, plan_group
 from .registry import Observation, write_marker
 from .sync import GroupOutcome
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_PATTERN = re.compile(r"^[0-9A-Za-z\-*?\[\]!]{1,128}$")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _LINK_FIELDS = frozenset(
     {
@@ -82,6 +82,7 @@ class LinkRequest:
             keep_expired=_flag(fields, "keepExpired", default=True),
             mode=_mode(fields),
         )
+        _check_marker(policy)
         return cls(
             organization=organization,
             project=project,
@@ -215,6 +216,10 @@ def link_group(engine: Engine, request: LinkRequest, *, origin: str = "api") -> 
             f"group {existing.name!r} is linked to vault {existing.vault!r}, not {request.vault!r}",
             field="vault",
         )
+    try:
+        marked_group(existing.raw, request.policy)  # the marker must fit beside what people wrote
+    except TooLongError as err:
+        raise RequestError(409, "DescriptionTooLong", f"group {existing.name!r}: {err}", field="group") from None
     link = Link(
         organization=request.organization,
         project=request.project,
@@ -265,13 +270,17 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool, origin: str)
     link = Link(request.organization, reference["name"], 0, request.group, request.vault.lower(), request.policy)
     if dry_run:
         return LinkResult(link, plan, applied=False, would_create=True, changed=True)
+    # The policy travels with the group (kvlink_core.marker): the registry can be rebuilt from it.
+    description = with_marker(f"Secrets of Key Vault {request.vault}, kept in step by kvlink", request.policy)
     body = {
         "name": request.group,
-        "description": f"Secrets of Key Vault {request.vault}, kept in step by kvlink",
+        "description": description,
         "type": KEY_VAULT_TYPE,
         "providerData": {"serviceEndpointId": str(endpoint["id"]), "vault": request.vault.lower()},
         "variables": apply_plan({}, plan),
-        "variableGroupProjectReferences": [{"name": request.group, "description": "", "projectReference": reference}],
+        "variableGroupProjectReferences": [
+            {"name": request.group, "description": description, "projectReference": reference}
+        ],
     }
     try:
         # A create whose answer was lost comes back as the group found by name, so the link is saved.
@@ -330,14 +339,24 @@ def unlink(engine: Engine, organization: str, project: str, group_id: str | int)
     link = engine.registry.find_link(key)
     if link is None or link.project.lower() != project.lower():
         raise RequestError(404, "LinkNotFound", f"group {key} is not linked in project {project!r}", field="groupId")
+    if engine.settings.mode == "report":
+        logger.warning(
+            "KVLINK_MODE=report: group %s (%s) keeps kvlink's marker; the next audit would link it again",
+            link.group_name,
+            key,
+        )
+    else:
+        # Take the marker out first: a group still carrying it would be linked again by the next audit.
+        engine.write_group(link, [], origin="unlink", marker="remove")
     engine.registry.delete_link(key)
-    logger.info("Unlinked group %s (%s); the group itself is unchanged", link.group_name, key)
+    logger.info("Unlinked group %s (%s); its names are unchanged", link.group_name, key)
     return link
 
 
 # -- helpers ---------------------------------------------------------------------------------
 def _sync_links(engine: Engine, links: list[Link], *, force: bool, dry_run: bool, origin: str) -> list[GroupOutcome]:
-    """Each vault listed once, however many of the groups link to it; each group written under its lease."""
+    """Each vault listed once, however many of the groups link to it; each group written under its lease,
+    with its link's marker (a link made before kvlink kept markers gets its marker here)."""
     outcomes: list[GroupOutcome] = []
     by_vault: dict[str, list[Link]] = {}
     for link in links:
@@ -349,7 +368,7 @@ def _sync_links(engine: Engine, links: list[Link], *, force: bool, dry_run: bool
         outcomes += engine.for_each(
             vault_links,
             lambda link, obs=observations: engine.write_group(
-                link, obs, complete=True, force=force, dry_run=dry_run, origin=origin
+                link, obs, complete=True, force=force, dry_run=dry_run, origin=origin, marker="write"
             ),
             origin=f"sync of vault {vault}",
             collect_failures=len(links) > 1,
@@ -464,6 +483,14 @@ def _optional_text(fields: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+def _check_marker(policy: Policy) -> None:
+    """The policy must fit in the marker the group carries (kvlink_core.marker)."""
+    try:
+        render(policy)
+    except TooLongError as err:
+        raise RequestError(400, "PolicyTooLong", str(err)) from None
+
+
 def _patterns(fields: Mapping[str, Any], name: str, *, default: list[str]) -> list[str]:
     value = fields.get(name, default)
     if value is None:
@@ -473,12 +500,8 @@ def _patterns(fields: Mapping[str, Any], name: str, *, default: list[str]) -> li
     if len(value) > 50:
         raise _bad(name, f"{name} may hold at most 50 patterns")
     for pattern in value:
-        if not _PATTERN.match(pattern):
-            raise _bad(
-                name,
-                f"pattern {pattern!r} is not valid: secret-name characters (0-9, a-z, A-Z, -) "
-                "and the glob characters * ? [ ] ! only",
-            )
+        if problem := check_pattern(pattern):
+            raise _bad(name, problem)
     return list(value)
 
 

@@ -99,7 +99,7 @@ class TestSyncListUnlink:
         code, out, _ = cli(
             "unlink", "--organization", estate.org, "--project", estate.project, "--group-id", str(group_id)
         )
-        assert code == 0 and "the group itself is unchanged" in out
+        assert code == 0 and "its names are unchanged" in out
         assert cli("links", "--vault", estate.vault)[1].strip() == "no links"
 
     def test_refused_sync_exits_2(self, estate, cli):
