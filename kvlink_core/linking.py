@@ -353,6 +353,136 @@ def unlink(engine: Engine, organization: str, project: str, group_id: str | int)
     return link
 
 
+# -- moving links between environments -------------------------------------------------------
+EXPORT_VERSION = 1
+_EXPORT_FIELDS = frozenset(
+    {
+        "organization",
+        "project",
+        "groupId",
+        "group",
+        "vault",
+        "include",
+        "exclude",
+        "tags",
+        "mode",
+        "keepExpired",
+        "kind",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    created: tuple[Link, ...]
+    updated: tuple[Link, ...]
+    unchanged: tuple[Link, ...]
+    dry_run: bool
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "dryRun": self.dry_run,
+            "created": [link_json(link) for link in self.created],
+            "updated": [link_json(link) for link in self.updated],
+            "unchanged": [link_json(link) for link in self.unchanged],
+        }
+
+
+def export_links(engine: Engine) -> dict[str, Any]:
+    """Every link with its policy, in the shape :func:`import_links` reads (and ``GET /api/links`` answers)."""
+    return {"version": EXPORT_VERSION, "links": [link_json(link) for link in engine.registry.list_links()]}
+
+
+def parse_links(document: Any, settings: Settings) -> list[Link]:
+    """The links of an export, every entry checked as ``POST /api/links`` checks a link (allow-lists
+    included) before any is used; a :class:`RequestError` names the first bad entry."""
+    entries = document.get("links") if isinstance(document, Mapping) else document
+    if isinstance(document, Mapping):
+        version = document.get("version", EXPORT_VERSION)
+        if version != EXPORT_VERSION:
+            raise RequestError(
+                400, "InvalidImport", f"version {version!r} is not one this kvlink reads ({EXPORT_VERSION})"
+            )
+    if not isinstance(entries, list):
+        raise RequestError(400, "InvalidImport", 'expected {"links": [...]} as `kvlink links export` writes it')
+    links: list[Link] = []
+    seen: dict[GroupKey, int] = {}
+    for n, entry in enumerate(entries):
+        try:
+            link = _link_entry(entry, settings)
+        except RequestError as err:
+            raise RequestError(err.status, err.code, f"{_entry_name(n, entry)}: {err}", field=err.field) from None
+        if link.key in seen:
+            raise RequestError(
+                400, "InvalidImport", f"{_entry_name(n, entry)}: the same group as links[{seen[link.key]}]"
+            )
+        seen[link.key] = n
+        links.append(link)
+    return links
+
+
+def import_links(engine: Engine, links: list[Link], *, dry_run: bool = False) -> ImportResult:
+    """Register the links (idempotent: a link already registered as it is stays untouched).
+
+    Only the registry is written; the groups get their markers at their next sync or write."""
+    created: list[Link] = []
+    updated: list[Link] = []
+    unchanged: list[Link] = []
+    for link in links:
+        previous = engine.registry.find_link(link.key)
+        if previous == link:
+            unchanged.append(link)
+            continue
+        (created if previous is None else updated).append(link)
+        if not dry_run:
+            engine.registry.save_link(link, previous=previous)
+    if not dry_run:
+        logger.info("Imported links: %d created, %d updated, %d unchanged", len(created), len(updated), len(unchanged))
+    return ImportResult(tuple(created), tuple(updated), tuple(unchanged), dry_run)
+
+
+def _link_entry(entry: Any, settings: Settings) -> Link:
+    fields = _object(entry, _EXPORT_FIELDS)
+    include = _patterns(fields, "include", default=["*"])
+    if not include:
+        raise _bad("include", 'include needs at least one pattern (use ["*"] for every secret)')
+    policy = Policy(
+        include=tuple(include),
+        exclude=tuple(_patterns(fields, "exclude", default=[])),
+        tags=_tags(fields),
+        keep_expired=_flag(fields, "keepExpired", default=True),
+        mode=_mode(fields),
+    )
+    _check_marker(policy)
+    kind = fields.get("kind") or "linked"
+    if kind not in ("linked", "discovered"):
+        raise _bad("kind", "kind must be 'linked' or 'discovered'")
+    return Link(
+        organization=_organization(fields, settings),
+        project=_name(fields, "project", check_project),
+        group_id=parse_group_id(fields.get("groupId")),
+        group_name=_name(fields, "group", check_group_name),
+        vault=_vault(fields, settings),
+        policy=policy,
+        kind="discovered" if kind == "discovered" else "linked",
+    )
+
+
+def _entry_name(n: int, entry: Any) -> str:
+    """``links[3] (contoso/App group 'kv' id 7)``: enough to find the entry in the file."""
+    if not isinstance(entry, Mapping):
+        return f"links[{n}]"
+    where = "/".join(str(entry[k]) for k in ("organization", "project") if isinstance(entry.get(k), str))
+    group = f"group {entry['group']!r}" if isinstance(entry.get("group"), str) else ""
+    number = f"id {entry['groupId']}" if isinstance(entry.get("groupId"), int | str) else ""
+    detail = " ".join(part for part in (where, group, number) if part)
+    return f"links[{n}] ({detail})" if detail else f"links[{n}]"
+
+
 # -- helpers ---------------------------------------------------------------------------------
 def _sync_links(engine: Engine, links: list[Link], *, force: bool, dry_run: bool, origin: str) -> list[GroupOutcome]:
     """Each vault listed once, however many of the groups link to it; each group written under its lease,
