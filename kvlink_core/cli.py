@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("--file", type=Path, metavar="FILE", help="write to FILE instead of stdout")
+    export.add_argument("--vault", dest="export_vault", metavar="VAULT", help="only links to this vault")
+    export.add_argument(
+        "--organization", dest="export_organization", metavar="ORGANIZATION", help="only links in this organization"
+    )
     import_ = moves.add_parser(
         "import",
         parents=[verbose],
@@ -428,7 +432,8 @@ def _links(args: argparse.Namespace, out: TextIO) -> int:
         if args.json:  # `links import FILE --json` takes its own
             given.append("--json")
         if given:
-            raise UsageError(f"{', '.join(given)} belong to `links` alone; `links {args.links_verb}` takes every link")
+            hint = " (`links export --vault V --organization O` filters)" if args.links_verb == "export" else ""
+            raise UsageError(f"{', '.join(given)} before `{args.links_verb}` belong to `links` alone{hint}")
         return _export(args, out) if args.links_verb == "export" else _import(args, out)
 
     found = list_links(get_engine(), vault=args.vault, organization=args.organization)
@@ -453,7 +458,8 @@ def _export(args: argparse.Namespace, out: TextIO) -> int:
 
     if args.file:
         _check_writable(args.file, "--file")
-    text = json.dumps(export_links(get_engine()), indent=2) + "\n"
+    found = export_links(get_engine(), vault=args.export_vault, organization=args.export_organization)
+    text = json.dumps(found, indent=2) + "\n"
     if not args.file:
         out.write(text)
         return EXIT_OK

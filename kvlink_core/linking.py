@@ -392,9 +392,11 @@ class ImportResult:
         }
 
 
-def export_links(engine: Engine) -> dict[str, Any]:
-    """Every link with its policy, in the shape :func:`import_links` reads (and ``GET /api/links`` answers)."""
-    return {"version": EXPORT_VERSION, "links": [link_json(link) for link in engine.registry.list_links()]}
+def export_links(engine: Engine, *, vault: str | None = None, organization: str | None = None) -> dict[str, Any]:
+    """Every link (of a vault, of an organization) with its policy, in the shape :func:`parse_links` reads
+    (the links are those ``GET /api/links`` lists)."""
+    links = list_links(engine, vault=vault, organization=organization)
+    return {"version": EXPORT_VERSION, "links": [link_json(link) for link in links]}
 
 
 def parse_links(document: Any, settings: Settings) -> list[Link]:

@@ -472,19 +472,6 @@ def link_through_kvlink(engine, estate, group: str, **policy) -> int:
     return link_group(engine, LinkRequest.from_json(body, engine.settings)).link.group_id
 
 
-def empty_the_tables(estate) -> None:
-    """As after a redeploy into a new storage account: every kvlink table is gone, and comes back empty."""
-    from azure.data.tables import TableServiceClient
-
-    from kvlink_core import registry
-
-    estate.close()  # engines hold clients of the tables about to go
-    tables = (registry.LINKS_TABLE, registry.LEASES_TABLE, registry.PENDING_TABLE, registry.WORK_TABLE)
-    with TableServiceClient.from_connection_string(estate.env["AzureWebJobsStorage"]) as service:
-        for table in (*tables, registry.AUDIT_TABLE, registry.BROKEN_TABLE):
-            service.delete_table(table)
-
-
 class TestRegistryRebuilt:
     """Issue 21: with kvlink's tables emptied, the audit re-registers every managed group under the policy
     its description carries, says so, and the group follows its vault again."""
@@ -502,7 +489,7 @@ class TestRegistryRebuilt:
         before = {link.group_id: link for link in engine.registry.list_links(organization=estate.org)}
         assert set(before) == {apps, rest}
 
-        empty_the_tables(estate)
+        estate.empty_tables()
         for name in ("app-2", "db-2", "other-1"):
             kv.set_secret(vault, name)
         engine = estate.engine()
@@ -540,7 +527,7 @@ class TestRegistryRebuilt:
         estate.kv.set_secret(estate.vault, "app-1")
         engine = estate.engine()
         apps = link_through_kvlink(engine, estate, "apps-kv", include=["app-*"])
-        empty_the_tables(estate)
+        estate.empty_tables()
         estate.kv.set_secret(estate.vault, "app-2")
         engine = estate.engine()
 
@@ -561,7 +548,7 @@ class TestRegistryRebuilt:
                 holder["description"] = holder["description"].replace("include=app-*", "include=app-[x]")
 
         estate.ado.edit_group(estate.org, apps, garble)
-        empty_the_tables(estate)
+        estate.empty_tables()
         for name in ("app-2", "db-1"):
             estate.kv.set_secret(estate.vault, name)
         engine = estate.engine()
