@@ -30,8 +30,9 @@ from .names import check_pattern, check_tag
 # (VariableGroup / VariableGroupParameters.description: "type": "string", no maxLength), the
 # Variablegroups - Add/Update reference pages and "Naming restrictions and conventions" say
 # nothing, and MicrosoftDocs/azure-devops-docs#13217 (asking for the group's size limits) is
-# open. 1024 is the smallest limit anyone states (the Azure DevOps stand-in, standins/devops.py,
-# after Azure DevOps Server 2022's validation); lengths count UTF-16 units, as Azure DevOps'
+# open, and terraform-provider-azuredevops validates nothing. 1024 is the only limit found (the
+# Azure DevOps stand-in, standins/devops.py, after Azure DevOps Server 2022's validation; not
+# verified on Services): kept to, conservatively. Lengths count UTF-16 units, as Azure DevOps'
 # naming rules do ("surrogate characters ... count as two characters").
 DESCRIPTION_LIMIT = 1024
 # The marker may take half of it, so that people keep at least 511 characters of their own.
