@@ -565,3 +565,21 @@ class TestRegistryRebuilt:
         # And every night until someone fixes it -- never promoted by a guess.
         again = run_audit(engine, store=False)
         assert [f.kind for f in again.findings if f.group_id == apps] == ["link-marker-unreadable"]
+
+    def test_the_cli_table_shows_each_group_registered_again(self, estate, monkeypatch):
+        estate.kv.set_secret(estate.vault, "app-1")
+        apps = link_through_kvlink(estate.engine(), estate, "apps-kv", include=["app-*"])
+        estate.empty_tables()
+        estate.kv.set_secret(estate.vault, "app-2")
+        engine = estate.engine()
+        for key, value in estate.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(kvlink_app, "get_engine", lambda: engine)
+        out, err = io.StringIO(), io.StringIO()
+
+        code = cli_main(["audit"], out=out, err=err)
+
+        [row] = [line for line in out.getvalue().splitlines() if "link-restored" in line]
+        assert row.split()[:3] == ["warning", "link-restored", f"{estate.org}/{estate.project}/apps-kv"]
+        assert "registered it again under the policy in its description (merge; include app-*)" in row
+        assert code == 0 and estate.names(apps) == ["app-1", "app-2"]
