@@ -5,6 +5,8 @@ existing one linked to the same vault), registers the link with its policy, and 
 the group with the matching secret names. ``sync`` reconciles whole groups from one
 full listing per vault. Both write only under the group's lease, refuse mass removals
 unless forced, and write nothing at all on a dry run (or with ``KVLINK_MODE=report``).
+Every link's policy also goes into its group's description (:mod:`kvlink_core.marker`);
+``export_links`` / ``parse_links`` / ``import_links`` move the registry between environments.
 """
 
 from __future__ import annotations
