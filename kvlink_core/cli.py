@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     links.add_argument("--vault", help="only links to this vault")
     links.add_argument("--organization", help="only links in this organization")
     links.add_argument("--json", action="store_true", help="print JSON")
-    moves = links.add_subparsers(dest="links_verb", metavar="SUBVERB")
+    moves = links.add_subparsers(dest="links_verb", metavar="[export | import FILE]", title="subverbs")
     export = moves.add_parser(
         "export",
         parents=[verbose],
