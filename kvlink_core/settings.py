@@ -85,11 +85,12 @@ class Settings:
             problems.append(f"KVLINK_MODE must be 'apply' or 'report', not {mode!r}")
 
         hosting = [name for name in HOSTING_VARIABLES if get(name) is not None]
-        # The credential choice trusts only the WEBSITE_* variables: container runtimes on laptops
-        # set CONTAINER_NAME too, and there DefaultAzureCredential (az login) is the right one.
+        # Only the WEBSITE_* variables mean Azure: container runtimes and dev containers set
+        # CONTAINER_NAME too, and there the emulator and az login are the right ones. Flex always sets
+        # WEBSITE_SITE_NAME and WEBSITE_SKU beside CONTAINER_NAME, so it is still refused there.
         running_in_azure = any(name.startswith("WEBSITE_") for name in hosting)
         emulator = _flag(get("KVLINK_EMULATOR"), "KVLINK_EMULATOR", problems)
-        if emulator and hosting:
+        if emulator and running_in_azure:
             problems.append(
                 f"KVLINK_EMULATOR=1 is refused when running in Azure ({', '.join(hosting)} set): "
                 "it sends a fixed token and skips the challenge-resource check, meant only for local stand-ins"
