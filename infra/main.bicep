@@ -37,7 +37,47 @@ targetScope = 'subscription'
 @description('Name of the azd environment; part of every resource name and the azd-env-name tag.')
 param environmentName string
 
+// Flex Consumption runs in these regions only; a region outside them would fail late, after the resource
+// group and storage exist. The list, and the @allowed way of restricting azd's location prompt, are those of
+// Microsoft's azd sample Azure-Samples/functions-quickstart-python-http-azd, infra/main.bicep at commit
+// 7ed4638bc03858a3b2657f0dbbdd1db0af103ebb (2025-11-24; the list as it has stood since fe29236, 2025-05-06).
+// `az functionapp list-flexconsumption-locations` gives today's list. vaultsLocation stays free: the vaults
+// may be anywhere, only the app needs Flex Consumption.
 @minLength(1)
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'eastus2euap'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @description('Region for every kvlink resource. The watched vaults must be in this region too (diagnostic settings stream only to an Event Hub in the vault\'s region), unless vaultsLocation moves the Event Hub: one azd environment per vault region (README "Several regions and subscriptions").')
 @metadata({
   azd: {

@@ -675,3 +675,34 @@ def test_the_flex_check_sees_what_it_must_refuse():
     properties = body(site)["properties"]
     assert {"minTlsVersion", "http20Enabled"} <= set(properties["siteConfig"])
     assert {"KVLINK_DEVOPS_ORGS", "APPLICATIONINSIGHTS_CONNECTION_STRING"} <= site_app_settings(path, site)
+
+
+# The regions of Microsoft's azd sample for Flex Consumption: Azure-Samples/functions-quickstart-python-http-azd,
+# infra/main.bicep, commit 7ed4638bc03858a3b2657f0dbbdd1db0af103ebb (2025-11-24), the `location` parameter's
+# @allowed list (unchanged since fe29236, 2025-05-06). Written out here, not read from main.bicep.
+FLEX_REGIONS_OF_THE_SAMPLE = {
+    "australiaeast", "australiasoutheast", "brazilsouth", "canadacentral", "centralindia", "centralus",
+    "eastasia", "eastus", "eastus2", "eastus2euap", "francecentral", "germanywestcentral", "italynorth",
+    "japaneast", "koreacentral", "northcentralus", "northeurope", "norwayeast", "southafricanorth",
+    "southcentralus", "southeastasia", "southindia", "spaincentral", "swedencentral", "uaenorth", "uksouth",
+    "ukwest", "westcentralus", "westeurope", "westus", "westus2", "westus3",
+}  # fmt: skip
+
+
+def decorator(parameter: dict[str, Any], kind: str) -> Any:
+    return next((d["argument"] for d in parameter["decorators"] if d["type"] == kind), None)
+
+
+def test_the_app_region_is_one_with_flex_consumption_and_the_vault_region_is_free():
+    """azd prompts only for Flex Consumption regions; KVLINK_VAULTS_LOCATION (the Event Hub's region) takes any."""
+    parameters = parse(INFRA / "main.bicep")["parameters"]
+    location = parameters["location"]
+    assert decorator(location, "metadata") == {"azd": {"type": "location"}}
+    allowed = decorator(location, "allowed")
+    assert allowed is not None, "location takes any region: one without Flex Consumption fails after resources exist"
+    assert set(allowed) == FLEX_REGIONS_OF_THE_SAMPLE
+    assert len(allowed) == len(set(allowed))
+    # A vault region without Flex Consumption is what vaultsLocation is for: it must stay unrestricted.
+    assert decorator(parameters["vaultsLocation"], "allowed") is None
+    # Every resource but the Event Hub follows location, so none lands where Flex does not run.
+    assert body(parse(INFRA / "main.bicep")["modules"]["functionApp"])["params"]["location"] == "location"
