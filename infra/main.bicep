@@ -130,6 +130,16 @@ param vaultConcurrency int = 32
 @maxValue(64)
 param devopsConcurrency int = 4
 
+@allowed([
+  'DEBUG'
+  'INFO'
+  'WARNING'
+  'ERROR'
+  'CRITICAL'
+])
+@description('KVLINK_SDK_LOG_LEVEL: level of the Azure SDK, httpx, urllib3 and aiohttp loggers in the app. WARNING keeps their per-request INFO lines out of Application Insights.')
+param sdkLogLevel string = 'WARNING'
+
 @description('KVLINK_DEVOPS_URL: Azure DevOps base URL.')
 param devopsUrl string = 'https://dev.azure.com'
 
@@ -283,6 +293,7 @@ var appSettings = {
   KVLINK_VAULT_CONCURRENCY: string(vaultConcurrency)
   KVLINK_DEVOPS_CONCURRENCY: string(devopsConcurrency)
   KVLINK_NOTIFY_TOPIC_ENDPOINT: enableNotifications ? notifyTopic!.outputs.endpoint : ''
+  KVLINK_SDK_LOG_LEVEL: sdkLogLevel
 }
 
 module functionApp 'core/host/flex-function-app.bicep' = {

@@ -105,6 +105,18 @@ class TestFromEnv:
         settings = Settings.from_env({**BASE, "KVLINK_EMULATOR": "1", "CONTAINER_NAME": "devcontainer"})
         assert settings.emulator and not settings.running_in_azure
 
+    @pytest.mark.parametrize(("value", "level"), [(None, "WARNING"), ("info", "INFO"), (" DEBUG ", "DEBUG")])
+    def test_sdk_log_level_is_a_logging_level_warning_by_default(self, value, level):
+        """KVLINK_SDK_LOG_LEVEL takes a logging level name in any case; unset, the SDKs log warnings only."""
+        env = {**BASE} if value is None else {**BASE, "KVLINK_SDK_LOG_LEVEL": value}
+        assert Settings.from_env(env).sdk_log_level == level
+
+    def test_sdk_log_level_names_the_levels_it_takes(self):
+        """A level that is no logging level is refused, naming the setting and the levels it takes."""
+        with pytest.raises(ConfigError, match=r"KVLINK_SDK_LOG_LEVEL must be one of DEBUG, INFO, WARNING") as info:
+            Settings.from_env({**BASE, "KVLINK_SDK_LOG_LEVEL": "verbose"})
+        assert info.value.settings == ("KVLINK_SDK_LOG_LEVEL",)
+
     def test_vault_template_needs_placeholder(self):
         """A vault URL template without {vault} cannot address more than one vault."""
         with pytest.raises(ConfigError, match=r"\{vault\}"):
