@@ -9,6 +9,9 @@ import azure.functions as func
 from kvlink_core import api
 from kvlink_core import app as kvlink
 
+# The worker logs at INFO; the SDKs' per-request lines stay out unless KVLINK_SDK_LOG_LEVEL asks for them.
+kvlink.configure_host_logging()
+
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 

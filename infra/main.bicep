@@ -37,7 +37,47 @@ targetScope = 'subscription'
 @description('Name of the azd environment; part of every resource name and the azd-env-name tag.')
 param environmentName string
 
+// Flex Consumption runs in these regions only; a region outside them would fail late, after the resource
+// group and storage exist. The list, and the @allowed way of restricting azd's location prompt, are those of
+// Microsoft's azd sample Azure-Samples/functions-quickstart-python-http-azd, infra/main.bicep at commit
+// 7ed4638bc03858a3b2657f0dbbdd1db0af103ebb (2025-11-24; the list as it has stood since fe29236, 2025-05-06).
+// `az functionapp list-flexconsumption-locations` gives today's list. vaultsLocation stays free: the vaults
+// may be anywhere, only the app needs Flex Consumption.
 @minLength(1)
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'eastus2euap'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @description('Region for every kvlink resource. The watched vaults must be in this region too (diagnostic settings stream only to an Event Hub in the vault\'s region), unless vaultsLocation moves the Event Hub: one azd environment per vault region (docs/deploy.md, "Several regions and subscriptions").')
 @metadata({
   azd: {
@@ -89,6 +129,16 @@ param vaultConcurrency int = 32
 @minValue(1)
 @maxValue(64)
 param devopsConcurrency int = 4
+
+@allowed([
+  'DEBUG'
+  'INFO'
+  'WARNING'
+  'ERROR'
+  'CRITICAL'
+])
+@description('KVLINK_SDK_LOG_LEVEL: level of the Azure SDK, httpx, urllib3 and aiohttp loggers in the app. WARNING keeps their per-request INFO lines out of Application Insights.')
+param sdkLogLevel string = 'WARNING'
 
 @description('KVLINK_DEVOPS_URL: Azure DevOps base URL.')
 param devopsUrl string = 'https://dev.azure.com'
@@ -243,6 +293,7 @@ var appSettings = {
   KVLINK_VAULT_CONCURRENCY: string(vaultConcurrency)
   KVLINK_DEVOPS_CONCURRENCY: string(devopsConcurrency)
   KVLINK_NOTIFY_TOPIC_ENDPOINT: enableNotifications ? notifyTopic!.outputs.endpoint : ''
+  KVLINK_SDK_LOG_LEVEL: sdkLogLevel
 }
 
 module functionApp 'core/host/flex-function-app.bicep' = {

@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .settings import Settings, get_settings
+from .settings import DEFAULT_SDK_LOG_LEVEL, Settings, get_settings, sdk_log_level_of
 
 if TYPE_CHECKING:
     from .audit import AuditReport
     from .sync import Engine, EventResult, LogBatchResult
+
+
+# The loggers of the libraries kvlink calls through. azure-core's HTTP logging policy and httpx write a
+# record per request at INFO, and the Python worker sets the root logger to INFO
+# (Azure/azure-functions-python-worker#1342): every listing page and PUT would be a trace row.
+SDK_LOGGERS = ("azure", "httpx", "httpcore", "urllib3", "aiohttp")
+
+
+def configure_host_logging(environ: Mapping[str, str] | None = None) -> str:
+    """Keep the SDKs' loggers at KVLINK_SDK_LOG_LEVEL (WARNING unless set) in the Functions host.
+
+    Called when function_app is imported, before any settings are parsed, so it reads the one
+    setting itself; an unknown level falls back to WARNING here and is refused, by name, when the
+    settings are parsed on the first invocation. Returns the level applied.
+    """
+    env = os.environ if environ is None else environ
+    level = sdk_log_level_of(env.get("KVLINK_SDK_LOG_LEVEL")) or DEFAULT_SDK_LOG_LEVEL
+    for name in SDK_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    return level
 
 
 def build_engine(settings: Settings) -> Engine:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from . import __version__
+from .app import SDK_LOGGERS  # the SDKs log request and response headers at INFO (redacted, but noise): -vv
 from .errors import ConfigError, KvLinkError, RequestError
 
 # Like `terraform plan -detailed-exitcode` for 0-2; 64 is EX_USAGE from sysexits.h. When several
@@ -60,8 +61,6 @@ FLAGS = {
     "dryRun": "--dry-run",
     "force": "--force",
 }
-# The SDKs log request and response headers at INFO (redacted, but noise): shown only with -vv.
-SDK_LOGGERS = ("azure", "httpx", "httpcore", "urllib3")
 
 
 class UsageError(Exception):
