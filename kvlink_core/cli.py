@@ -1,4 +1,4 @@
-"""``python -m kvlink_core``: the command line, over the same settings and core as the functions.
+"""``kvlink`` (or ``python -m kvlink_core``): the command line, over the same settings and core as the functions.
 
 Each outcome has its own exit code (:data:`EXIT_CODES`), so a pipeline gate can tell "drift"
 from "could not look" and from "called wrongly". Everything the command line can check --
@@ -78,9 +78,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, usage=self.format_usage())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m kvlink_core") -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m kvlink_core",
+        prog=prog,
         description="Keep Azure DevOps variable groups linked to Azure Key Vault in step with the vault. "
         "Settings come from the environment (see the README); run `az login` first against real Azure.",
         epilog=EXIT_CODES,
@@ -223,9 +223,33 @@ def _common(parser: argparse.ArgumentParser, *, force: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    """Run one command line; the exit code is returned, for ``sys.exit``.
+
+    The ``kvlink`` console script (pyproject.toml) and ``python -m kvlink_core`` both call this with
+    no arguments, so both behave the same, down to a reader leaving early.
+    """
     err = err or sys.stderr
-    parser = build_parser()
+    if out is not None:
+        return _main(argv, out, err)
+    try:
+        try:
+            return _main(argv, sys.stdout, err)
+        finally:
+            sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below (--help exits through here too)
+    except BrokenPipeError:
+        # The reader went away (`kvlink links | head -1`): stop quietly, as Unix tools do; Python would
+        # report the pipe again when it flushes stdout at exit, so point stdout at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+def _prog() -> str:
+    """How the user called kvlink, for usage lines: the installed command, or the module."""
+    return "kvlink" if Path(sys.argv[0]).stem == "kvlink" else "python -m kvlink_core"
+
+
+def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
+    parser = build_parser(_prog())
     try:
         args = parser.parse_args(argv)
     except UsageError as problem:
