@@ -40,6 +40,14 @@ def test_runs_on_the_pinned_runtime(worker):
     assert version("azure-functions") == pins["azure-functions"]
 
 
+def test_runs_the_python_azure_runs(worker):
+    """This tier runs the Python version the Flex app is deployed with (infra/main.bicep runtimeVersion)."""
+    import re
+
+    deployed = re.findall(r"runtimeVersion: '([\d.]+)'", (worker.app_dir / "infra" / "main.bicep").read_text())
+    assert deployed == [f"{sys.version_info.major}.{sys.version_info.minor}"]
+
+
 def test_init_succeeds_and_declares_its_capabilities(worker):
     """Init indexes the app without error; the capabilities shape what the host sends later."""
     init = worker.init_response
