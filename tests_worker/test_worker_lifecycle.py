@@ -118,3 +118,9 @@ def test_functions_are_sync_so_they_run_on_the_worker_thread_pool(worker):
 
     for name, metadata in worker.functions.items():
         assert handle_event._functions.get_function(metadata.function_id).is_async is False, name
+
+
+def test_the_deployed_package_leaves_the_tier_out(worker):
+    """azd zips the project for Flex: the 3.13 virtualenv and this tier stay out of the package (.funcignore)."""
+    ignored = set((worker.app_dir / ".funcignore").read_text().split())
+    assert {".venv313", "tests_worker/", "requirements-worker.txt"} <= ignored
