@@ -105,7 +105,9 @@ class TestEventGrid:
 
 
 def batch_size() -> int:
-    """The most events the host hands one invocation (host.json; Event Hubs extension 6.x default 100)."""
+    """The most events the host hands one invocation: host.json states it, at the extension's default
+    (Azure/azure-sdk-for-net, Microsoft.Azure.WebJobs.Extensions.EventHubs CHANGELOG, 6.0.0: "The default
+    batch size has changed to 100 events")."""
     return int(json.loads((ROOT / "host.json").read_text())["extensions"]["eventHubs"]["maxEventBatchSize"])
 
 

@@ -81,11 +81,9 @@ def test_http_functions_answer_through_return(worker, name):
 
 
 def test_only_health_is_anonymous(worker):
-    """The host enforces these levels before the worker runs: every route needs a function key but health.
-
-    Source: Microsoft Learn "Azure Functions HTTP trigger", Attributes/authLevel -- FUNCTION needs a
-    function or host key (x-functions-key header or code query parameter); ANONYMOUS needs none.
-    """
+    """The host checks keys against these levels before the worker runs: every route needs a function
+    key but health. Source: Microsoft Learn, azure-functions Python API "AuthLevel Enum" ("determines
+    what keys, if any, need to be present on the request in order to invoke the function")."""
     triggers = {name: worker.trigger(name) for name in worker.functions}
     levels = {name: t["authLevel"] for name, t in triggers.items() if t["type"] == "httpTrigger"}
     assert {name for name, level in levels.items() if level == "ANONYMOUS"} == {"health"}
