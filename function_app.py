@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List  # noqa: UP035 -- the worker needs typing.List (on_vault_log)
 
 import azure.functions as func
 
@@ -77,8 +77,13 @@ def on_secret_event(event: func.EventGridEvent) -> None:
     connection="KVLINK_EVENTHUB",
     cardinality="many",
 )
-def on_vault_log(events: list[func.EventHubEvent]) -> None:
+def on_vault_log(events: List[func.EventHubEvent]) -> None:  # noqa: UP006 -- see below
     """Key Vault audit logs: deletes, disables, recoveries and restores, which Event Grid never sends.
+
+    ``typing.List``, not ``list``: the Python worker refuses a builtin generic annotation
+    (``list[...]``) as "invalid non-type annotation" and then loads no function of the app at all
+    (azure_functions_runtime ``functions.py``; the 3.11 worker's ``typing_inspect`` is the same);
+    tests_worker/test_worker_lifecycle.py pins it.
 
     Event Hubs checkpoints a batch even when this fails, so the core persists the work first;
     the retry policy above re-runs a failed batch, and what is still queued after that is

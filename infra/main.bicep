@@ -310,7 +310,7 @@ module functionApp 'core/host/flex-function-app.bicep' = {
     storageAccountName: storage.outputs.name
     deploymentContainerName: deploymentContainerName
     runtimeName: 'python'
-    runtimeVersion: '3.11'
+    runtimeVersion: '3.13'
     appSettings: appSettings
   }
 }

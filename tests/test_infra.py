@@ -219,8 +219,8 @@ def test_no_local_or_pat_settings_in_azure():
     assert NOT_IN_AZURE & set(app_settings()) == set()
 
 
-def test_function_app_is_flex_consumption_python_311():
-    """The app runs on Flex Consumption (FC1), Linux, Python 3.11, as its user-assigned identity."""
+def test_function_app_is_flex_consumption_python_313():
+    """The app runs on Flex Consumption (FC1), Linux, Python 3.13 (the worker tier's version), as its identity."""
     path = INFRA / "core" / "host" / "flex-function-app.bicep"
     template = parse(path)
     plan = body(template["resources"]["plan"])
@@ -232,7 +232,7 @@ def test_function_app_is_flex_consumption_python_311():
         "UserAssignedIdentity"
     )
     module = body(parse(INFRA / "main.bicep")["modules"]["functionApp"])
-    assert (module["params"]["runtimeName"], module["params"]["runtimeVersion"]) == ("python", "3.11")
+    assert (module["params"]["runtimeName"], module["params"]["runtimeVersion"]) == ("python", "3.13")
 
 
 def test_event_subscription_delivers_the_three_secret_events_with_retry_and_dead_letter():

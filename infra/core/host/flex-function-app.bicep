@@ -16,10 +16,13 @@ param deploymentContainerName string
   'python'
 ])
 param runtimeName string = 'python'
+// 3.13: GA for Azure Functions, and new Python versions go to Flex only (docs/deploy.md, "Python version").
+// 3.11 stays allowed as the way back: requirements.txt serves both.
 @allowed([
   '3.11'
+  '3.13'
 ])
-param runtimeVersion string = '3.11'
+param runtimeVersion string = '3.13'
 
 @description('Upper bound on instances; kept low because Azure DevOps throttles per identity, not per instance.')
 param maximumInstanceCount int = 40
