@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -43,6 +44,12 @@ Use --dry-run to only look, and set KVLINK_MODE=report for the first runs
 against a real estate: kvlink then plans and reports, and writes nothing.
 
 """
+
+DEFAULT_JOB_WAIT = 1800.0  # host.json's functionTimeout (10 min) for each of a few deliveries
+JOB_POLL = 5.0  # seconds between two looks at a queued sync's status
+# How the command line waits on a queued sync (tests replace them to drive the wait without sleeping).
+_monotonic: Callable[[], float] = time.monotonic
+_sleep: Callable[[float], None] = time.sleep
 
 # The API's field names, as the command line spells them.
 FLAGS = {
@@ -138,6 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--group-id", type=int, help="one group (with --organization and --project)")
     sync.add_argument("--organization", help="the group's organization (with --group-id)")
     sync.add_argument("--project", help="the group's project (with --group-id)")
+    sync.add_argument(
+        "--async",
+        dest="queued",
+        action="store_true",
+        help="queue the sync for the deployed app's run_sync_job (as POST /api/sync?async=true does) and wait for it",
+    )
+    sync.add_argument("--job", metavar="ID", help="wait for a queued sync (POST /api/sync's 202 named it), alone")
+    sync.add_argument(
+        "--wait",
+        type=float,
+        default=DEFAULT_JOB_WAIT,
+        metavar="SECONDS",
+        help=f"with --async or --job: give up waiting after this long (default {DEFAULT_JOB_WAIT:.0f}); "
+        "the job goes on",
+    )
     _common(sync, force=True)
 
     links = verb("links", help="list registered links")
@@ -212,7 +234,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return _demo(err)
     commands: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
         "link": _link,
-        "sync": _sync,
+        "sync": lambda parsed, stdout: _sync(parsed, stdout, err),
         "links": _links,
         "unlink": _unlink,
         "audit": lambda parsed, stdout: _audit(parsed, stdout, err),
@@ -337,31 +359,81 @@ def _link(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_CHANGES if dry and result.plan.changed else EXIT_OK
 
 
-def _sync(args: argparse.Namespace, out: TextIO) -> int:
+def _sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .app import get_engine
-    from .linking import SyncRequest, outcome_json, sync
+    from .linking import SyncRequest, links_to_sync, sync
 
+    if args.job is not None:
+        others = [args.queued, args.vault, args.group_id is not None, args.organization, args.project]
+        if any(others) or args.force or args.dry_run:
+            raise UsageError("--job waits for a queued sync; it takes no other sync flag but --wait and --json")
+        return _await_job(get_engine(), args.job, args, out, err)
+    if args.wait <= 0:
+        raise UsageError(f"--wait must be a positive number of seconds, not {args.wait:g}")
     body = _sync_body(args)
     engine = get_engine()
-    result = sync(engine, _request(lambda: SyncRequest.from_json(body, engine.settings)), origin="cli")
+    request = _request(lambda: SyncRequest.from_json(body, engine.settings))
+    if args.queued:
+        from . import jobs
+        from .app import get_sync_queue
+
+        links = links_to_sync(engine, request)
+        job = jobs.submit(engine, get_sync_queue(), request, total=len(links), origin="cli")
+        return _await_job(engine, job["id"], args, out, err)
+    return _sync_result(sync(engine, request, origin="cli").as_json(), args, out)
+
+
+def _await_job(engine: Any, job_id: str, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Poll a queued sync until it ends or ``--wait`` passes, one progress line on stderr per change."""
+    from . import jobs
+
+    started = _monotonic()
+    shown = None
+    while True:
+        job = jobs.status(engine, job_id)
+        elapsed = _monotonic() - started
+        progress = job["progress"]
+        line = f"sync job {job_id}: {job['status']}, {progress['done']}/{progress['total']} groups"
+        if line != shown:
+            print(f"{line} ({elapsed:.0f}s)", file=err)
+            shown = line
+        if job["status"] == "done":
+            return _sync_result(job["result"], args, out)
+        if job["status"] == "failed":
+            error = job.get("error") or {}
+            print(f"error: sync job {job_id} failed: {error.get('message', 'no reason recorded')}", file=err)
+            return EXIT_CHANGES if error.get("code") == "MassRemovalRefused" else EXIT_ERROR
+        if elapsed >= args.wait:
+            print(
+                f"error: sync job {job_id} is still {job['status']} after {elapsed:.0f}s (--wait); it goes on: "
+                f"wait again with `python -m kvlink_core sync --job {job_id}`, or GET /api/sync/{job_id}; "
+                "if it stays queued, check that the function app runs and run_sync_job is listed",
+                file=err,
+            )
+            return EXIT_ERROR
+        _sleep(min(JOB_POLL, max(args.wait - elapsed, 0.0)))
+
+
+def _sync_result(result: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
+    """Print a sync's answer (POST /api/sync's 200 body) and pick the exit code."""
     if args.json:
-        print(json.dumps(result.as_json(), indent=2), file=out)
+        print(json.dumps(result, indent=2), file=out)
     else:
-        for outcome in result.groups:
-            entry = outcome_json(outcome)
+        for entry in result["groups"]:
             link = entry["link"]
             line = f"{link['organization']}/{link['project']} group {link['group']!r} (id {link['groupId']}): "
-            print(line + outcome.status + (f" -- {outcome.message}" if outcome.message else ""), file=out)
+            message = entry.get("message")
+            print(line + entry["outcome"] + (f" -- {message}" if message else ""), file=out)
             if "plan" in entry:
                 _plan_table(entry["plan"], out)
-    statuses = {g.status for g in result.groups}
+    statuses = {g["outcome"] for g in result["groups"]}
     if "failed" in statuses:
         return EXIT_ERROR
     # Refused by the mass-removal guard, or the group changed under kvlink: the drift remains.
     if statuses & {"refused", "group-missing", "not-key-vault", "vault-changed"}:
         return EXIT_CHANGES
-    changes = any(g.plan is not None and g.plan.changed for g in result.groups)
-    return EXIT_CHANGES if result.dry_run and changes else EXIT_OK
+    changes = any((g.get("plan") or {}).get("add") or (g.get("plan") or {}).get("remove") for g in result["groups"])
+    return EXIT_CHANGES if result["dryRun"] and changes else EXIT_OK
 
 
 def _sync_body(args: argparse.Namespace) -> dict[str, Any]:

@@ -271,3 +271,61 @@ class TestSettings:
             }
         )
         assert explicit.storage.queue_endpoint == "https://stkv.queue.core.windows.net"
+
+
+class TestCommandLine:
+    """``sync --async`` queues like ``?async=true`` and waits on the status, bounded, showing progress."""
+
+    def test_waits_for_the_worker_and_prints_the_result(self, estate, app_engine, queue, monkeypatch):
+        from io import StringIO
+
+        from kvlink_core import cli
+
+        groups = linked_groups(estate, 2)
+        looks: list[float] = []
+
+        def worker_runs(seconds: float) -> None:  # the CLI's first wait: the deployed worker takes the job
+            looks.append(seconds)
+            if len(looks) == 1:
+                deliver(queue, receive(queue))
+
+        monkeypatch.setattr(cli, "_sleep", worker_runs)
+        out, err = StringIO(), StringIO()
+
+        code = cli.main(["sync", "--vault", estate.vault, "--async", "--wait", "60"], out=out, err=err)
+
+        assert code == 0, err.getvalue()
+        progress = err.getvalue().splitlines()
+        assert progress[0].startswith("sync job ") and ": queued, 0/2 groups" in progress[0]
+        assert ": done, 2/2 groups" in progress[-1]
+        assert looks == [cli.JOB_POLL]
+        assert out.getvalue().count(": applied") == 2
+        assert all(estate.names(g) == ["api-key", "db-password"] for g in groups)
+
+    def test_gives_up_after_the_wait_and_says_how_to_resume(self, estate, app_engine, queue, monkeypatch):
+        """No worker takes the job: after --wait the CLI exits 1, naming the job and `sync --job`."""
+        from io import StringIO
+
+        from kvlink_core import cli
+
+        linked_groups(estate, 1)
+        now = [0.0]
+        monkeypatch.setattr(cli, "_monotonic", lambda: now[0])
+        monkeypatch.setattr(cli, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+        err = StringIO()
+
+        code = cli.main(["sync", "--vault", estate.vault, "--async", "--wait", "12"], out=StringIO(), err=err)
+
+        assert code == 1
+        job_id = json.loads(queue.peek_messages(max_messages=1)[0].content)["job"]
+        assert f"sync job {job_id} is still queued after 12s" in err.getvalue()
+        assert f"sync --job {job_id}" in err.getvalue()
+
+    def test_job_takes_no_other_sync_flag(self, estate, app_engine):
+        from io import StringIO
+
+        from kvlink_core import cli
+
+        err = StringIO()
+        assert cli.main(["sync", "--job", "f" * 32, "--vault", estate.vault], out=StringIO(), err=err) == 64
+        assert "--job waits for a queued sync" in err.getvalue()
