@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from .errors import ConfigError, KvLinkError, RequestError
+from .smoke import Waits
 
 # Like `terraform plan -detailed-exitcode` for 0-2; 64 is EX_USAGE from sysexits.h. When several
 # apply, the first in this order wins: 64, 1, 2 -- "could not look" outranks "found drift".
@@ -29,7 +30,8 @@ EXIT_CODES = """\
 exit codes:
   0   done: nothing is left to change (applied, or a dry run found nothing)
   1   error, could not look: bad settings, Azure or storage failures, a vault,
-      project or organization not reached, a group whose write failed
+      project or organization not reached, a group whose write failed, a
+      smoke step that failed or whose wait ran out
   2   changes: a dry run (or KVLINK_MODE=report) found changes to make, or
       drift remains after an applying run (a repair the mass-removal guard
       refused, a group that needs a person)
@@ -45,6 +47,7 @@ against a real estate: kvlink then plans and reports, and writes nothing.
 
 """
 
+SMOKE_WAITS = Waits()
 DEFAULT_JOB_WAIT = 1800.0  # host.json's functionTimeout (10 min) for each of a few deliveries
 JOB_POLL = 5.0  # seconds between two looks at a queued sync's status
 # How the command line waits on a queued sync (tests replace them to drive the wait without sleeping).
@@ -188,6 +191,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the report page (the one GET /api/report serves) to FILE",
     )
 
+    smoke = verb(
+        "smoke",
+        help="prove the deployed app end to end: a canary secret must reach a group and leave it again",
+        description="With your own credentials (az login or AZURE_DEVOPS_PAT): create a canary secret with a\n"
+        "unique name in --vault, wait until the deployed app maps it into --group (Event Grid ->\n"
+        "on_secret_event), delete it and wait until the name leaves the group (audit log -> Event Hub\n"
+        "-> on_vault_log), then purge it. Prints each step's time; a wait that runs out says what to\n"
+        "check. Needs Set, Delete, List (and Purge) on the vault's secrets and read access to the group.\n"
+        "It writes only the canary, never a group.",
+        epilog="smoke exits 0 when the canary reached the group and left it, 1 when a step failed or a\n"
+        "wait ran out (what it made is removed either way), 64 on a usage error.\n\n" + EXIT_CODES,
+    )
+    smoke.add_argument("--vault", required=True, help="the Key Vault to put the canary in")
+    smoke.add_argument(
+        "--group",
+        required=True,
+        metavar="ORG/PROJECT/ID",
+        help="the linked Key Vault group that should receive it (its numeric id)",
+    )
+    smoke.add_argument(
+        "--appear-timeout",
+        type=float,
+        default=SMOKE_WAITS.appear,
+        metavar="SECONDS",
+        help=f"how long the name may take to reach the group (default {SMOKE_WAITS.appear:.0f})",
+    )
+    smoke.add_argument(
+        "--leave-timeout",
+        type=float,
+        default=SMOKE_WAITS.leave,
+        metavar="SECONDS",
+        help=f"how long it may take to leave it; logs arrive up to ~10 minutes late (default {SMOKE_WAITS.leave:.0f})",
+    )
+    smoke.add_argument(
+        "--poll",
+        type=float,
+        default=SMOKE_WAITS.poll,
+        metavar="SECONDS",
+        help=f"seconds between two reads of the group (default {SMOKE_WAITS.poll:.0f})",
+    )
+
     verb(
         "demo",
         help="run the local end-to-end demo against the stand-ins (development checkout only)",
@@ -238,6 +282,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         "links": _links,
         "unlink": _unlink,
         "audit": lambda parsed, stdout: _audit(parsed, stdout, err),
+        "smoke": _smoke,
     }
     try:
         return commands[args.verb](args, out)
@@ -542,6 +587,46 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return EXIT_ERROR
         print(f"report page: {args.html.resolve()}", file=err if args.json else out)
     return code
+
+
+def _smoke(args: argparse.Namespace, out: TextIO) -> int:
+    from .credentials import get_credential
+    from .devops import DevOps
+    from .keyvault import CanaryVault
+    from .names import check_vault
+    from .settings import Settings
+    from .smoke import Smoke, Target, parse_group
+
+    group = parse_group(args.group)
+    if group is None:
+        raise UsageError(f"--group must be ORG/PROJECT/ID with the group's numeric id, not {args.group!r}")
+    if problem := check_vault(args.vault):
+        raise UsageError(f"--vault: {problem}")
+    for flag, value in (("--appear-timeout", args.appear_timeout), ("--leave-timeout", args.leave_timeout)):
+        if not value > 0:
+            raise UsageError(f"{flag} must be a positive number of seconds, not {value:g}")
+    if not 0 < args.poll <= 60:
+        raise UsageError(f"--poll must be more than 0 and at most 60 seconds, not {args.poll:g}")
+    organization, project, group_id = group
+    # The operator's shell need not carry the app's allow-lists: the flags name the one vault and organization.
+    env = dict(os.environ)
+    for name, value in (("KVLINK_DEVOPS_ORGS", organization), ("KVLINK_ALLOWED_VAULTS", args.vault)):
+        if not (env.get(name) or "").strip():
+            env[name] = value
+    settings = Settings.from_env(env)
+    if not settings.vault_allowed(args.vault):
+        raise UsageError(f"--vault {args.vault} is not in KVLINK_ALLOWED_VAULTS: the app would ignore its events")
+    if not settings.org_allowed(organization):
+        raise UsageError(f"organization {organization} is not in KVLINK_DEVOPS_ORGS: the app would not touch it")
+    credential = get_credential(settings)
+    vault = CanaryVault(settings, credential, args.vault)
+    devops = DevOps(settings, None if settings.devops_pat else credential, attempts=3, retry_timeout=20.0)
+    waits = Waits(appear=args.appear_timeout, leave=args.leave_timeout, purge=SMOKE_WAITS.purge, poll=args.poll)
+    try:
+        return Smoke(Target(args.vault, organization, project, group_id), vault, devops, out, waits=waits).run()
+    finally:
+        vault.close()
+        devops.close()
 
 
 # Findings that mean the audit could not see or could not write part of the estate.
