@@ -211,6 +211,33 @@ class TestQueuedSync:
 
         assert estate.kv.calls == [] and len(estate.ado.writes(estate.org)) == writes
 
+    def test_a_transient_failure_is_delivered_again_and_given_up_on_the_last_delivery(self, estate, app_engine, queue):
+        """Key Vault answers 503: the worker raises (the host delivers the message again) and the job stays
+        running; on the fifth delivery, the last before kvlink-sync-poison (the trigger's default
+        maxDequeueCount: "Azure Queue storage trigger for Azure Functions", Poison messages), the job ends
+        failed with the error the synchronous call would have answered."""
+        from kvlink_core.errors import TransientError
+
+        linked_groups(estate, 1)
+        _, body, _ = call(function_app.sync, request("POST", "sync", {"vault": estate.vault}, params={"async": "1"}))
+        message = receive(queue)
+        estate.kv.inject(503, path=r"/secrets$", times=1000)
+
+        def delivery(count: int) -> None:
+            function_app.run_sync_job(QueueMessage(id=message.id, body=message.content.encode(), dequeue_count=count))
+
+        with pytest.raises(TransientError):
+            delivery(1)
+        _, job, _ = call(function_app.sync_status, request("GET", f"sync/{body['id']}"))
+        assert job["status"] == "running" and job["attempts"] == 1
+
+        delivery(5)
+
+        _, job, _ = call(function_app.sync_status, request("GET", f"sync/{body['id']}"))
+        assert job["status"] == "failed" and job["attempts"] == 5
+        assert job["httpStatus"] == 502 and job["error"]["code"] == "UpstreamUnavailable"
+        estate.kv.clear_faults()
+
     def test_a_refused_sync_ends_failed_with_the_synchronous_error(self, estate, app_engine, queue):
         """The links were removed before the worker ran: the job fails with the error the 200 path gives."""
         groups = linked_groups(estate, 1)
