@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .errors import TransientError
+from .errors import ConfigError, TransientError
 from .tls import azure_transport_options
 
 if TYPE_CHECKING:
@@ -74,11 +74,10 @@ class SyncQueue:
                 }
                 storage = self._settings.storage
                 if storage.connection_string:
+                    _check_queue_endpoint(storage.connection_string)
                     self._client = QueueClient.from_connection_string(storage.connection_string, SYNC_QUEUE, **options)
                 else:
                     if not storage.queue_endpoint or self._credential is None:
-                        from .errors import ConfigError
-
                         raise ConfigError(
                             ["AzureWebJobsStorage__queueServiceUri (or __accountName) is needed for queued syncs"]
                         )
@@ -92,3 +91,15 @@ class SyncQueue:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+
+def _check_queue_endpoint(connection_string: str) -> None:
+    """A connection string that names its endpoints but no QueueEndpoint would send the job to
+    ``<account>.queue.core.windows.net``: refuse it instead of guessing."""
+    keys = {part.partition("=")[0].strip().lower() for part in connection_string.split(";") if part.strip()}
+    if "usedevelopmentstorage" in keys or "queueendpoint" in keys:
+        return
+    if keys & {"tableendpoint", "blobendpoint"}:
+        raise ConfigError(
+            ["AzureWebJobsStorage names a TableEndpoint but no QueueEndpoint: queued syncs need the Queue service"]
+        )

@@ -356,3 +356,15 @@ class TestCommandLine:
         err = StringIO()
         assert cli.main(["sync", "--job", "f" * 32, "--vault", estate.vault], out=StringIO(), err=err) == 64
         assert "--job waits for a queued sync" in err.getvalue()
+
+
+def test_a_connection_string_without_a_queue_endpoint_is_refused_not_guessed(estate):
+    """Azurite's Table service alone (the demo's and serve's stack): the job is not sent to
+    devstoreaccount1.queue.core.windows.net, kvlink says the queue is missing."""
+    from kvlink_core.errors import ConfigError
+    from kvlink_core.workqueue import SyncQueue
+
+    table_only = estate.env["AzureWebJobsStorage"].split("QueueEndpoint=")[0]
+    queue = SyncQueue(estate.settings(AzureWebJobsStorage=table_only))
+    with pytest.raises(ConfigError, match="no QueueEndpoint"):
+        queue.send("f" * 32)
