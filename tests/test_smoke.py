@@ -151,3 +151,38 @@ def test_postdeploy_ends_by_saying_how_to_run_it(hook):
 
     last = (Path(__file__).resolve().parent.parent / "scripts" / hook).read_text().rstrip().splitlines()[-1]
     assert "python -m kvlink_core smoke --vault <vault> --group <org>/<project>/<group id>" in last
+
+
+def test_on_the_playground_estate(tmp_path, monkeypatch):
+    """`make serve`'s estate (standins/stack.py + serve.seed), the functions standing in for the deployed
+    app: the canary goes in and out of payments-kv, and the group's seeded drift (a vault secret nobody
+    mapped yet) is left alone -- the event path touches only the canary's name."""
+    from kvlink_core import app as kvlink_app
+    from standins.serve import ORG, VAULTS, seed
+    from standins.stack import local_stack
+
+    with local_stack(tmp_path) as stack:
+        env = stack.settings([ORG], VAULTS)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        kvlink_app.reset()
+        payments = next(g for g in seed(stack, env) if g.group == "payments-kv")
+        before = sorted(stack.ado.variable_names(ORG, payments.group_id))
+        stack.kv.drain_audit_log()
+        try:
+            with DeployedApp(stack.kv, ["kv-payments"]) as app:
+                code, out, err = smoke(
+                    ["smoke", "--vault", "kv-payments", "--group", f"{ORG}/Payments/{payments.group_id}"],
+                    "--appear-timeout",
+                    "60",
+                    "--leave-timeout",
+                    "60",
+                )
+        finally:
+            kvlink_app.reset()
+        assert code == 0, out + err
+        assert app.events_delivered >= 1 and app.log_batches_delivered >= 1
+        assert sorted(stack.ado.variable_names(ORG, payments.group_id)) == before == ["db-password", "payments-api-key"]
+        assert "payments-webhook-secret" in stack.kv.secret_names("kv-payments")  # the drift stays for the audit
+        assert not [n for n in stack.kv.deleted_secret_names("kv-payments") if n.startswith("kvlink-smoke-")]
+        stack.kv.assert_no_value_reads()
