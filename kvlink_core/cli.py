@@ -158,7 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--wait",
         type=float,
-        default=DEFAULT_JOB_WAIT,
         metavar="SECONDS",
         help=f"with --async or --job: give up waiting after this long (default {DEFAULT_JOB_WAIT:.0f}); "
         "the job goes on",
@@ -408,13 +407,17 @@ def _sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .app import get_engine
     from .linking import SyncRequest, links_to_sync, sync
 
+    if args.wait is None:
+        args.wait = DEFAULT_JOB_WAIT
+    elif not (args.queued or args.job is not None):
+        raise UsageError("--wait goes with --async or --job: a plain sync runs here and waits for nothing")
+    if args.wait <= 0:
+        raise UsageError(f"--wait must be a positive number of seconds, not {args.wait:g}")
     if args.job is not None:
         others = [args.queued, args.vault, args.group_id is not None, args.organization, args.project]
         if any(others) or args.force or args.dry_run:
             raise UsageError("--job waits for a queued sync; it takes no other sync flag but --wait and --json")
         return _await_job(get_engine(), args.job, args, out, err)
-    if args.wait <= 0:
-        raise UsageError(f"--wait must be a positive number of seconds, not {args.wait:g}")
     body = _sync_body(args)
     engine = get_engine()
     request = _request(lambda: SyncRequest.from_json(body, engine.settings))

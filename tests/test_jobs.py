@@ -348,14 +348,22 @@ class TestCommandLine:
         assert f"sync job {job_id} is still queued after 12s" in err.getvalue()
         assert f"sync --job {job_id}" in err.getvalue()
 
-    def test_job_takes_no_other_sync_flag(self, estate, app_engine):
+    @pytest.mark.parametrize(
+        ("flags", "message"),
+        [
+            (["--job", "f" * 32, "--vault", "kv-x"], "--job waits for a queued sync"),
+            (["--vault", "kv-x", "--wait", "60"], "--wait goes with --async or --job"),
+            (["--vault", "kv-x", "--async", "--wait", "0"], "--wait must be a positive number"),
+        ],
+    )
+    def test_flags_that_do_not_go_together_are_refused(self, estate, app_engine, flags, message):
         from io import StringIO
 
         from kvlink_core import cli
 
         err = StringIO()
-        assert cli.main(["sync", "--job", "f" * 32, "--vault", estate.vault], out=StringIO(), err=err) == 64
-        assert "--job waits for a queued sync" in err.getvalue()
+        assert cli.main(["sync", *flags], out=StringIO(), err=err) == 64
+        assert message in err.getvalue()
 
 
 def test_a_connection_string_without_a_queue_endpoint_is_refused_not_guessed(estate):
