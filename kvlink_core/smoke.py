@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
-from .errors import KvLinkError
+from .errors import KvLinkError, TransientError
 
 if TYPE_CHECKING:
     from .devops import DevOps
@@ -150,6 +150,13 @@ class Smoke:
         group = self.devops.get_group(t.organization, t.project, t.group_id)
         return group is not None and self.name.lower() in {n.lower() for n in group.variables}
 
+    def _in_group_now(self) -> bool | None:
+        """Whether the group maps the canary now; None when Azure DevOps could not say (look again)."""
+        try:
+            return self._in_group()
+        except TransientError:
+            return None
+
     def _clean_up(self, *, deleted: bool) -> None:
         try:
             if not deleted:
@@ -190,7 +197,7 @@ class Smoke:
         self._step += 1
         started = self.clock()
         try:
-            while self._in_group() != present:
+            while self._in_group_now() != present:
                 if self.clock() - started >= limit:
                     self._line(what, f"TIMED OUT after {limit:g}s", started)
                     print("   check:", file=self.out)
