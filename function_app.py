@@ -24,7 +24,20 @@ def links(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="sync", methods=["POST"])
 def sync(req: func.HttpRequest) -> func.HttpResponse:
     """Reconcile whole groups -- every group of a vault, or one group -- from a full listing."""
-    return _http(api.sync(req.get_body()))
+    return _http(api.sync(req.get_body(), req.params))
+
+
+@app.route(route="sync/{jobId}", methods=["GET"])
+def sync_status(req: func.HttpRequest) -> func.HttpResponse:
+    """A queued sync's status (POST /api/sync answered 202 with this Location)."""
+    return _http(api.sync_status(req.route_params.get("jobId", "")))
+
+
+@app.queue_trigger(arg_name="message", queue_name="kvlink-sync", connection="AzureWebJobsStorage")
+def run_sync_job(message: func.QueueMessage) -> None:
+    """A sync too long for an HTTP answer. Raising leaves the message to be delivered again (after
+    five deliveries the host moves it to kvlink-sync-poison); the job's row says how far it got."""
+    kvlink.run_sync_job(message.get_body(), dequeue_count=message.dequeue_count or 1)
 
 
 @app.route(route="audit/latest", methods=["GET"])

@@ -140,6 +140,11 @@ param devopsConcurrency int = 4
 @description('KVLINK_SDK_LOG_LEVEL: level of the Azure SDK, httpx, urllib3 and aiohttp loggers in the app. WARNING keeps their per-request INFO lines out of Application Insights.')
 param sdkLogLevel string = 'WARNING'
 
+@description('KVLINK_SYNC_ASYNC_GROUPS: a POST /api/sync over more groups than this answers 202 and runs on the kvlink-sync queue.')
+@minValue(0)
+@maxValue(100000)
+param syncAsyncGroups int = 20
+
 @description('KVLINK_DEVOPS_URL: Azure DevOps base URL.')
 param devopsUrl string = 'https://dev.azure.com'
 
@@ -215,6 +220,11 @@ module storage 'core/storage/storage-account.bicep' = {
     containers: [
       deploymentContainerName
       deadLetterContainerName
+    ]
+    // Long POST /api/sync runs go through this queue to run_sync_job (kvlink_core/workqueue.py SYNC_QUEUE);
+    // the host creates kvlink-sync-poison itself when a message is given up.
+    queues: [
+      'kvlink-sync'
     ]
   }
 }
@@ -292,6 +302,7 @@ var appSettings = {
   KVLINK_EXPIRY_WARNING_DAYS: string(expiryWarningDays)
   KVLINK_VAULT_CONCURRENCY: string(vaultConcurrency)
   KVLINK_DEVOPS_CONCURRENCY: string(devopsConcurrency)
+  KVLINK_SYNC_ASYNC_GROUPS: string(syncAsyncGroups)
   KVLINK_NOTIFY_TOPIC_ENDPOINT: enableNotifications ? notifyTopic!.outputs.endpoint : ''
   KVLINK_SDK_LOG_LEVEL: sdkLogLevel
 }

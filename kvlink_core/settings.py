@@ -34,6 +34,7 @@ class StorageTarget:
 
     connection_string: str | None = None
     table_endpoint: str | None = None
+    queue_endpoint: str | None = None  # the async sync's queue (AzureWebJobsStorage__queueServiceUri)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class Settings:
     notify_topic_endpoint: str | None = None
     running_in_azure: bool = False
     sdk_log_level: str = DEFAULT_SDK_LOG_LEVEL
+    sync_async_groups: int = 20  # a POST /api/sync over more groups than this answers 202 and runs queued
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -117,6 +119,9 @@ class Settings:
         warning_days = _integer(get, "KVLINK_EXPIRY_WARNING_DAYS", default=30, low=0, high=3650, problems=problems)
         vault_concurrency = _integer(get, "KVLINK_VAULT_CONCURRENCY", default=32, low=1, high=256, problems=problems)
         devops_concurrency = _integer(get, "KVLINK_DEVOPS_CONCURRENCY", default=4, low=1, high=64, problems=problems)
+        sync_async_groups = _integer(
+            get, "KVLINK_SYNC_ASYNC_GROUPS", default=20, low=0, high=100_000, problems=problems
+        )
         notify = get("KVLINK_NOTIFY_TOPIC_ENDPOINT")
         if notify:
             problems += _check_url("KVLINK_NOTIFY_TOPIC_ENDPOINT", notify, template=False)
@@ -150,6 +155,7 @@ class Settings:
             notify_topic_endpoint=notify,
             running_in_azure=running_in_azure,
             sdk_log_level=sdk_log_level or DEFAULT_SDK_LOG_LEVEL,
+            sync_async_groups=sync_async_groups,
         )
 
     def vault_allowed(self, vault: str) -> bool:
@@ -257,12 +263,16 @@ def _storage(env: Mapping[str, str], problems: list[str]) -> StorageTarget:
     connection = (env.get("AzureWebJobsStorage") or "").strip()
     if connection:
         return StorageTarget(connection_string=connection)
-    endpoint = (env.get("AzureWebJobsStorage__tableServiceUri") or "").strip()
     account = (env.get("AzureWebJobsStorage__accountName") or "").strip()
-    if endpoint:
-        if not endpoint.startswith("https://"):
-            problems.append(f"AzureWebJobsStorage__tableServiceUri must be an https:// URL, not {endpoint!r}")
-        return StorageTarget(table_endpoint=endpoint.rstrip("/"))
-    if account:
-        return StorageTarget(table_endpoint=f"https://{account}.table.core.windows.net")
+    endpoints: dict[str, str | None] = {}
+    for service in ("table", "queue"):
+        name = f"AzureWebJobsStorage__{service}ServiceUri"
+        endpoint = (env.get(name) or "").strip()
+        if endpoint and not endpoint.startswith("https://"):
+            problems.append(f"{name} must be an https:// URL, not {endpoint!r}")
+        if not endpoint and account:
+            endpoint = f"https://{account}.{service}.core.windows.net"
+        endpoints[service] = endpoint.rstrip("/") or None
+    if endpoints["table"]:
+        return StorageTarget(table_endpoint=endpoints["table"], queue_endpoint=endpoints["queue"])
     return StorageTarget(connection_string=DEVELOPMENT_STORAGE)

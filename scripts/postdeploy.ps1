@@ -216,3 +216,4 @@ Write-Host ''
 Write-Host "Azure DevOps identity: $identity (client id $clientId)"
 Write-Host "Manual step (docs/deploy.md, 'The one manual step'): in each organization of KVLINK_DEVOPS_ORGS ($orgs), Organization settings > Users > Add users: that identity, access level Basic, added to every project it should audit (Project Readers); then in each project Pipelines > Library > Security: Administrator; and at least Reader on the service connections its groups use."
 Write-Host "Check: curl.exe -fsS '$uri/api/health'; $checkSettings python -m kvlink_core audit --dry-run --json  # with Azurite running; `"unreached`": [] means Azure DevOps answers (docs/deploy.md, 'Verify the deployment')"
+Write-Host "End-to-end proof (docs/deploy.md, 'Smoke test'), once a group is linked: python -m kvlink_core smoke --vault <vault> --group <org>/<project>/<group id>  # with your own az login: a canary secret must reach the group and leave it"

@@ -78,7 +78,7 @@ def devops_server(ca: ThrowawayCA) -> Iterator[DevOpsStandIn]:
 
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
-    with Azurite() as service:
+    with Azurite(queue=True) as service:
         yield service
 
 

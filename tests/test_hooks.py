@@ -532,7 +532,7 @@ def test_postdeploy_ends_with_the_manual_step_and_a_check(estate):
     run = estate.run("postdeploy", PROD)
 
     assert run.returncode == 0, run.stderr
-    identity, step, check = run.stdout.strip().splitlines()[-3:]
+    identity, step, check, smoke = run.stdout.strip().splitlines()[-4:]
     assert identity == "Azure DevOps identity: id-prodtoken0001 (client id 22222222-2222-2222-2222-222222222222)"
     for needed in ("contoso", "Add users", "Basic", "every project", "Library > Security: Administrator", "Reader"):
         assert needed in step
@@ -541,6 +541,7 @@ def test_postdeploy_ends_with_the_manual_step_and_a_check(estate):
         "KVLINK_DEVOPS_ORGS='contoso' KVLINK_ALLOWED_VAULTS='kv-contoso-prod' python -m kvlink_core audit --dry-run"
         in check
     )
+    assert "python -m kvlink_core smoke --vault <vault> --group <org>/<project>/<group id>" in smoke
 
 
 # -- shell and PowerShell --------------------------------------------------------------------------------

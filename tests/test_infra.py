@@ -706,3 +706,24 @@ def test_the_app_region_is_one_with_flex_consumption_and_the_vault_region_is_fre
     assert decorator(parameters["vaultsLocation"], "allowed") is None
     # Every resource but the Event Hub follows location, so none lands where Flex does not run.
     assert body(parse(INFRA / "main.bicep")["modules"]["functionApp"])["params"]["location"] == "location"
+
+
+def test_the_sync_queue_exists_and_the_identity_may_use_it():
+    """Queued syncs (POST /api/sync answered 202) need the kvlink-sync queue in AzureWebJobsStorage's account,
+    its endpoint in the app settings, and a queue role for kvlink's identity: the queue trigger needs
+    Storage Queue Data Reader + Message Processor, sending needs Contributor or Message Sender ("Azure Queue
+    storage trigger and bindings", Connections / identity-based: MicrosoftDocs/azure-docs
+    includes/functions-queue-permissions.md @ 11c0107d). Storage Queue Data Contributor covers both."""
+    from kvlink_core.workqueue import SYNC_QUEUE
+
+    storage = body(parse(INFRA / "main.bicep")["modules"]["storage"])["params"]
+    assert storage["queues"] == [SYNC_QUEUE]
+    queues = parse(INFRA / "core" / "storage" / "storage-account.bicep")["resources"]["storageQueues"]
+    assert queues["type"] == "Microsoft.Storage/storageAccounts/queueServices/queues"
+    assert queues["config"]["loop_type"]["detail"]["array_name"] == "queues"
+    assert "AzureWebJobsStorage__queueServiceUri" in app_settings()
+    rbac = INFRA / "app" / "rbac.bicep"
+    grant = body(parse(rbac)["resources"]["queueContributor"])["properties"]
+    role = resolve(rbac, grant["roleDefinitionId"]["function"]["parameters"]["resource_name_1"])
+    assert role == "974c5e8b-45b9-4653-ba55-5f855dd0fb88"  # Storage Queue Data Contributor (built-in roles)
+    assert grant["principalId"] == "functionPrincipalId"

@@ -28,7 +28,7 @@ FUNCTIONS_ONLY = {"azure-functions", "azure-functions-runtime"}
 
 
 def requirement_name(line: str) -> str:
-    return line.split(";")[0].split("==")[0].strip()
+    return line.split(";", maxsplit=1)[0].split("==", maxsplit=1)[0].strip()
 
 
 def requirement_lines(path: Path) -> list[str]:

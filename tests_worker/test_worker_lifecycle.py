@@ -10,6 +10,8 @@ import pytest
 EXPECTED = {
     "links": ("httpTrigger", {"route": "links/{organization?}/{project?}/{groupId?}", "authLevel": "FUNCTION"}),
     "sync": ("httpTrigger", {"route": "sync", "authLevel": "FUNCTION"}),
+    "sync_status": ("httpTrigger", {"route": "sync/{jobId}", "authLevel": "FUNCTION"}),
+    "run_sync_job": ("queueTrigger", {"queueName": "kvlink-sync", "connection": "AzureWebJobsStorage"}),
     "audit_latest": ("httpTrigger", {"route": "audit/latest", "authLevel": "FUNCTION"}),
     "report": ("httpTrigger", {"route": "report", "authLevel": "FUNCTION"}),
     "health": ("httpTrigger", {"route": "health", "authLevel": "ANONYMOUS"}),
@@ -72,7 +74,7 @@ def test_indexing_reports_every_public_function(worker):
         assert {k: trigger.get(k) for k in settings} == settings, name
 
 
-@pytest.mark.parametrize("name", ["links", "sync", "audit_latest", "report", "health"])
+@pytest.mark.parametrize("name", ["links", "sync", "sync_status", "audit_latest", "report", "health"])
 def test_http_functions_answer_through_return(worker, name):
     """An HTTP function's answer travels as its $return binding (http out), which the host sends back."""
     bindings = worker.bindings(name)
