@@ -300,6 +300,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         try:
             return _main(argv, sys.stdout, err)
         finally:
+            # The process ends here: close the clients it opened, or aiohttp reports an "Unclosed client
+            # session" on stderr at exit after every audit or sync.
+            from .app import reset
+
+            reset()
             sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below (--help exits through here too)
     except BrokenPipeError:
         # The reader went away (`kvlink links | head -1`): stop quietly, as Unix tools do; Python would

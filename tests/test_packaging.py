@@ -193,6 +193,9 @@ def test_installed_command_runs_the_verbs_with_the_modules_exit_codes(venv, esta
     assert [(f["kind"], f["secret"]) for f in found["findings"]] == [("secret-missing", "api-key")]
     assert found["dryRun"] is True and found["reportStored"] is False
     assert "payments-kv" in page.read_text(encoding="utf-8")
+    # The process closes what it opened: aiohttp complains on stderr at exit about a session left open.
+    for run_ in (installed, module):
+        assert "Unclosed" not in run_.stderr, run_.stderr
 
     installed, _ = both("sync", "--vault", estate.vault, "--organization", estate.org)
     assert installed.returncode == 64 and installed.stderr.startswith("usage: kvlink sync")
