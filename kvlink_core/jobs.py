@@ -108,6 +108,13 @@ def run(engine: Engine, job_id: str, *, dequeue_count: int) -> None:
     is then deleted); raises a TransientError to have the message delivered again."""
     from .linking import SyncRequest, sync
 
+    if not _JOB_ID.fullmatch(job_id):
+        # Not an id submit() makes, so no delivery can find its row. Worse, a key with '/', '\\', '#' or '?'
+        # is refused by Table storage (Microsoft Learn, "Understanding the Table service data model",
+        # Characters disallowed in key fields; Azurite answers 500, read as transient): every delivery
+        # would fail until the message reached kvlink-sync-poison.
+        logger.error("A kvlink-sync message names %r, not a sync job id; its message is dropped", job_id[:80])
+        return
     job = engine.registry.job(job_id)
     if job is None:
         logger.error("Sync job %s has no row; its message is dropped", job_id)

@@ -238,6 +238,16 @@ class TestQueuedSync:
         assert job["httpStatus"] == 502 and job["error"]["code"] == "UpstreamUnavailable"
         estate.kv.clear_faults()
 
+    @pytest.mark.parametrize("job_id", ["a/b", "", "0123456789abcdef0123456789abcdef"])
+    def test_a_message_naming_no_job_is_acknowledged(self, estate, app_engine, job_id, captured_logs):
+        """An id submit() never makes -- one Table storage refuses as a key included -- returns (the host
+        deletes the message) instead of failing every delivery until kvlink-sync-poison."""
+        body = json.dumps({"job": job_id}).encode()
+
+        function_app.run_sync_job(QueueMessage(id="m", body=body, dequeue_count=1))
+
+        assert "dropped" in captured_logs.text
+
     def test_a_refused_sync_ends_failed_with_the_synchronous_error(self, estate, app_engine, queue):
         """The links were removed before the worker ran: the job fails with the error the 200 path gives."""
         groups = linked_groups(estate, 1)

@@ -17,11 +17,13 @@ commit 09adf43e, ``ToRpc``/``ToRpcHttp``): a JObject becomes ``TypedData.json``,
 ``collection_sint64``; HTTP header names are lower-cased, empty query values are dropped,
 route parameters come from the route template, and the body is sent as raw bytes (the
 runtime declares ``RawHttpBodyBytes`` and ``RpcHttpBodyOnly``) and only when there is one.
+A queue message's journey is in :meth:`WorkerHost.queue_message` and :meth:`WorkerHost.deliver`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import re
@@ -252,6 +254,78 @@ class WorkerHost:
         }
         return self.invoke(function, [p.ParameterBinding(name=name, data=p.TypedData(json=json.dumps(info)))])
 
+    def queue_message(self, function: str, message: Any) -> Any:
+        """One Storage queue message (``azure.storage.queue.QueueMessage``, bytes body) as the host sends it.
+
+        Sources (SDK = Azure/azure-sdk-for-net ``sdk/storage/Microsoft.Azure.WebJobs.Extensions.Storage.*``;
+        HOST = Azure/azure-functions-host, commit 89dc438d):
+
+        - The extension reads with ``QueuesOptions.MessageEncoding``, base64 by default (SDK
+          ``Common/src/Shared/Queues/QueuesOptions.cs``, commit 662cab9e): the body arrives decoded, so
+          receive ``message`` with ``BinaryBase64DecodePolicy``.
+        - A trigger with no ``dataType`` is bound as ``string``: HOST ``src/WebJobs.Script/Binding/
+          GeneralScriptBindingProvider.cs`` (``ParseDataType``: ``object``), then Azure/azure-webjobs-sdk
+          ``src/Microsoft.Azure.WebJobs.Host/Extensions/JobHostMetadataProvider.cs`` (``GetDefaultType``: a
+          trigger's ``object`` is ``String``; commit f79ea0bf). The body becomes that string by a strict UTF-8
+          decode (SDK ``Queues/src/Triggers/StorageQueueMessageToStringConverter.cs``, commit c188d0c6, and
+          ``Common/src/Shared/BinaryDataExtensions.cs``, commit 37593e65): a body that is not UTF-8 fails in
+          the host and never reaches the worker (ValueError here).
+        - Trigger metadata: QueueTrigger, DequeueCount (long), ExpirationTime, InsertionTime, NextVisibleTime
+          (DateTimeOffset), Id, PopReceipt (SDK ``Queues/src/Triggers/QueueTriggerBinding.cs``
+          ``CreateBindingData``, commit 724e7448), plus the top-level non-array properties of a JSON body
+          (HOST ``src/WebJobs.Script/Utility.cs`` ``ApplyBindingData``, from ``WorkerFunctionInvoker.TransformInput``).
+        - On the wire (HOST ``GrpcMessageConversionExtensions.ToRpc``): a string as ``string``, a JObject as
+          ``json``, anything else -- the long, the DateTimeOffsets -- through ``ToRpcDefault``: Json.NET's JSON.
+        """
+        p = self.protos
+        text = bytes(message.content).decode("utf-8")  # strict, as the converter's UTF8Encoding(false, true)
+        binding_data: dict[str, Any] = {
+            "QueueTrigger": p.TypedData(string=text),
+            "DequeueCount": p.TypedData(json=json.dumps(int(message.dequeue_count))),
+            "ExpirationTime": p.TypedData(json=json.dumps(_newtonsoft_date(message.expires_on))),
+            "Id": p.TypedData(string=message.id),
+            "InsertionTime": p.TypedData(json=json.dumps(_newtonsoft_date(message.inserted_on))),
+            "NextVisibleTime": p.TypedData(json=json.dumps(_newtonsoft_date(message.next_visible_on))),
+            "PopReceipt": p.TypedData(string=message.pop_receipt),
+        }
+        for key, value in _json_properties(text).items():
+            for existing in [k for k in binding_data if k.lower() == key.lower()]:  # OrdinalIgnoreCase keys
+                del binding_data[existing]
+            is_object = isinstance(value, dict)
+            binding_data[key] = p.TypedData(json=json.dumps(value)) if is_object else p.TypedData(string=value)
+        name = self.trigger(function)["name"]
+        return self.invoke(function, [p.ParameterBinding(name=name, data=p.TypedData(string=text))], binding_data)
+
+    def deliver(self, function: str, queue: Any, message: Any, *, max_dequeue_count: int = 5) -> Any:
+        """What the queue listener does around one invocation: a success deletes the message; a failure
+        releases it (visible again after host.json's ``visibilityTimeout``, 0 by default) or, at
+        ``maxDequeueCount`` (5 by default), moves it to ``<queue>-poison``. Returns the worker's response.
+
+        Azure/azure-sdk-for-net ``sdk/storage/Microsoft.Azure.WebJobs.Extensions.Storage.Common/src/Shared/
+        Queues/QueueProcessor.cs`` (``CompleteProcessingMessageAsync``, commit 326ee7c0); the defaults in
+        ``QueuesOptions.cs`` there (commit 662cab9e).
+        """
+        response = self.queue_message(function, message)
+        if self.succeeded(response):
+            queue.delete_message(message.id, message.pop_receipt)
+        elif message.dequeue_count >= max_dequeue_count:
+            from azure.core.exceptions import ResourceExistsError
+            from azure.storage.queue import BinaryBase64EncodePolicy, QueueClient
+
+            poison = QueueClient.from_queue_url(
+                f"{queue.url}-poison",
+                credential=queue.credential,
+                message_encode_policy=BinaryBase64EncodePolicy(),
+            )
+            with poison:
+                with contextlib.suppress(ResourceExistsError):
+                    poison.create_queue()
+                poison.send_message(bytes(message.content))
+            queue.delete_message(message.id, message.pop_receipt)
+        else:
+            queue.update_message(message.id, message.pop_receipt, visibility_timeout=0)
+        return response
+
     def http(
         self,
         method: str,
@@ -301,6 +375,39 @@ class WorkerHost:
             if params is not None:
                 return name, params
         raise LookupError(f"no route takes {method} /{ROUTE_PREFIX}/{path}")
+
+
+def _newtonsoft_date(moment: datetime) -> str:
+    """A (UTC) DateTimeOffset as Json.NET writes it by default: ISO 8601, the fraction without trailing zeros,
+    then ``+00:00`` (JamesNK/Newtonsoft.Json ``Src/Newtonsoft.Json/Utilities/DateTimeUtils.cs``,
+    ``WriteDateTimeOffsetString`` / ``WriteDefaultIsoDate``, commit 6b9f467e)."""
+    moment = moment.astimezone(UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        text += "." + f"{moment.microsecond:06d}".rstrip("0")
+    return text + "+00:00"
+
+
+def _json_properties(text: str) -> dict[str, Any]:
+    """``Utility.ApplyBindingData``: a JSON object body's top-level properties, arrays and nulls left out,
+    objects as objects and every other value as its string form (Json.NET's ``(string)JValue``)."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return {}  # a body that is not JSON adds no binding data, and is no error
+    if not isinstance(parsed, dict):
+        return {}
+    properties: dict[str, Any] = {}
+    for key, value in parsed.items():
+        if value is None or isinstance(value, list):
+            continue
+        if isinstance(value, dict):
+            properties[key] = value
+        elif isinstance(value, bool):
+            properties[key] = "True" if value else "False"
+        else:
+            properties[key] = value if isinstance(value, str) else json.dumps(value)
+    return properties
 
 
 _PARAM = re.compile(r"^\{(?P<name>\w+)(?P<optional>\?)?\}$")
