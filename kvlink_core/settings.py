@@ -265,8 +265,11 @@ def _storage(env: Mapping[str, str], problems: list[str]) -> StorageTarget:
         return StorageTarget(connection_string=connection)
     account = (env.get("AzureWebJobsStorage__accountName") or "").strip()
     endpoints: dict[str, str | None] = {}
-    for service in ("table", "queue"):
-        name = f"AzureWebJobsStorage__{service}ServiceUri"
+    # The names spelled out, so a search for a setting finds where it is read.
+    for service, name in (
+        ("table", "AzureWebJobsStorage__tableServiceUri"),
+        ("queue", "AzureWebJobsStorage__queueServiceUri"),
+    ):
         endpoint = (env.get(name) or "").strip()
         if endpoint and not endpoint.startswith("https://"):
             problems.append(f"{name} must be an https:// URL, not {endpoint!r}")
