@@ -99,9 +99,8 @@ class Leases:
         self.registry = registry
         self.clock = registry.clock
         lease_seconds = registry.lease_seconds
-        # A call under the lease ends this long before the lease would: other instances judge
-        # ExpiresAt by their own clocks, and a request may still be on its way when we give up.
-        self.margin = lease_seconds / 4
+        # A call under the lease ends this long before the lease would (see Registry.lease_margin).
+        self.margin = registry.lease_margin
         # A waiter gives up (and lets the event be redelivered) after two lease lifetimes.
         self.max_wait = max_wait if max_wait is not None else 2 * lease_seconds
         # How long one invocation keeps writing others' queued work before handing the lease on.
@@ -165,7 +164,8 @@ class Leases:
         try:
             while True:
                 work = current or Round()
-                rows = self.registry.pending(key) if look_at_queue else []
+                budget = self.registry.lease_budget(holding.lease)  # the queue's calls end inside the lease
+                rows = self.registry.pending(key, within=budget) if look_at_queue else []
                 work.merge(row.observation for row in rows)
                 if work.observations:
                     holding.keep_alive()
@@ -173,7 +173,7 @@ class Leases:
                     outcome = apply(work, holding)
                     result = outcome if work is first or result is None else result
                 if rows:
-                    self.registry.remove_pending(key, rows)
+                    self.registry.remove_pending(key, rows, within=self.registry.lease_budget(holding.lease))
                 current, look_at_queue = None, True
                 if holding.lease.poked:  # seen while renewing, possibly after this round read the queue
                     holding.lease = replace(holding.lease, poked=False)

@@ -203,9 +203,7 @@ def link_group(engine: Engine, request: LinkRequest, *, origin: str = "api") -> 
     return _adopt(engine, request, existing, dry_run=dry_run, origin=origin)
 
 
-def _adopt(
-    engine: Engine, request: LinkRequest, existing: VariableGroup, *, dry_run: bool, origin: str
-) -> LinkResult:
+def _adopt(engine: Engine, request: LinkRequest, existing: VariableGroup, *, dry_run: bool, origin: str) -> LinkResult:
     """Link a group that exists: bring it in step with the vault under its lease, then register the link."""
     if not existing.is_key_vault:
         raise RequestError(
