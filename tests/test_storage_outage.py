@@ -11,6 +11,7 @@ answers again lands every name.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -27,6 +28,7 @@ from standins.events import as_trigger_input, secret_event
 from standins.tcpproxy import FlakyProxy
 
 pytestmark = pytest.mark.integration
+logger = logging.getLogger(__name__)  # the measured times, for bench/results and the docs
 
 SHORT = StorageTimeouts(connect=0.5, read=1.0, call=1.5, scan=3.0)
 
@@ -90,7 +92,7 @@ def test_an_event_gives_up_on_a_silent_account_and_is_redelivered(estate, relay,
     assert relay.silent  # it ended while storage still said nothing
     assert isinstance(invocation.error, TransientError), invocation.error  # not acknowledged: redelivered
     assert estate.names(group) == ["seed"]
-    print(f"silent storage: the event gave up after {invocation.seconds:.2f}s")
+    logger.warning("silent storage: the event gave up after %.2fs", invocation.seconds)
 
     relay.silent = False
     deliver(event)  # Event Grid's redelivery
@@ -118,7 +120,7 @@ def test_silence_inside_the_lease_ends_the_writer_before_the_lease(estate, relay
     assert relay.silent
     assert isinstance(invocation.error, TransientError), invocation.error
     assert estate.ado.writes(estate.org, group) == []  # no PUT without a renewed lease
-    print(f"silent inside the lease: the writer gave up after {invocation.seconds:.2f}s")
+    logger.warning("silent inside the lease: the writer gave up after %.2fs", invocation.seconds)
 
     monkeypatch.setattr(engine.devops, "get_group", read)
     relay.silent = False
@@ -191,9 +193,11 @@ def test_a_partition_in_the_middle_of_a_burst(estate, relay, monkeypatch):
 
     with ThreadPoolExecutor(max_workers=6) as again:
         redeliveries = list(again.map(redeliver, failed))
-    print(
-        f"burst: {len(failed)} of 20 first attempts failed; the longest ran {max(overruns):.2f}s into the "
-        f"silence; redeliveries each needed {sorted(redeliveries)} attempts"
+    logger.warning(
+        "burst: %d of 20 first attempts failed; the longest ran %.2fs into the silence; redeliveries took %s",
+        len(failed),
+        max(overruns),
+        sorted(redeliveries),
     )
 
     for label, gid in groups.items():
@@ -223,4 +227,4 @@ def test_http_api_answers_503_when_storage_is_down(estate, relay, monkeypatch, r
     error = json.loads(response.get_body())["error"]
     assert error["code"] == "Busy" and "Table storage unavailable" in error["message"]
     assert response.headers["Retry-After"] == "5"
-    print(f"{how}: /api/{route} answered 503 in {invocation.seconds:.2f}s")
+    logger.warning("%s: /api/%s answered 503 in %.2fs", how, route, invocation.seconds)
