@@ -54,7 +54,7 @@ ADVICE: Mapping[str, str] = {
     "service-connection-not-ready": "Open the service connection in Project settings and fix its "
     "authorization (Verify).",
 }
-DEFAULT_ADVICE = "Read the message; the README's Nightly audit section explains each finding."
+DEFAULT_ADVICE = "Read the message; docs/how-it-works.md, Nightly audit, explains each finding."
 
 SEVERITIES: tuple[tuple[str, str], ...] = (("error", "Errors"), ("warning", "Warnings"), ("info", "Info"))
 _DRIFT = frozenset({"secret-deleted", "secret-disabled", "secret-missing", "write-failed"})
