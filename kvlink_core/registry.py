@@ -254,9 +254,11 @@ class Registry:
         When that is spent the call still gets half the margin -- it ends before the lease could
         expire by anyone's clock, and its ETag condition makes it harmless if the lease was taken
         over meanwhile (a renewal then fails, and no group is written: see :mod:`kvlink_core.leases`).
+        Never less than 2 s (or the call bound, if shorter): leases of a few seconds, on an injected
+        clock, exist only in tests, and a storage round trip needs real time whatever that clock says.
         """
         left = lease.renewed + self.lease_seconds - self.clock.monotonic() - self.lease_margin
-        return max(left, self.lease_margin / 2)
+        return max(left, self.lease_margin / 2, min(self.timeouts.call, 2.0))
 
     def try_acquire(self, key: LeaseKey) -> Lease | None:
         """The group's lease, or None while someone else holds it."""
@@ -355,11 +357,11 @@ class Registry:
     def release_quietly(self, lease: Lease) -> None:
         """Best effort on the way out of a failure; the lease expires anyway.
 
-        All of it within one call's bound: on a silent account, the failure that brought us here
-        was a timeout, and waiting as long again for a release only delays the redelivery.
+        All of it within half a call's bound: on a silent account the failure that brought us here
+        was often a timeout, and waiting as long again for a release only delays the redelivery.
         """
         try:
-            with self._deadline(min(self.timeouts.call, self.lease_budget(lease))):
+            with self._deadline(min(self.timeouts.call / 2, self.lease_budget(lease))):
                 if not self.release(lease):
                     fresh = self.refresh(lease)
                     self.release(fresh)
@@ -563,7 +565,7 @@ class Registry:
             with self._deadline(self.timeouts.call):
                 rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"])
                 _in_batches(table, [("delete", {"PartitionKey": partition, "RowKey": e["RowKey"]}) for e in rows])
-        except AzureError as err:
+        except (AzureError, _OutOfTimeError) as err:
             logger.warning("Could not remove the rows of an audit report that failed to save: %s", type(err).__name__)
 
     # -- vault work (diagnostic-log path) -------------------------------------------------
@@ -582,14 +584,14 @@ class Registry:
             }
             for name in names
         ]
-        with self._storage("queue vault work", within=self.timeouts.scan):
+        with self._storage("queue vault work"):
             _in_batches(table, [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in rows])
 
     def vault_work(self) -> dict[str, list[WorkRow]]:
         """Everything still to decide, by vault -- this batch's and what earlier failures left."""
         table = self._table(WORK_TABLE)
         work: dict[str, list[WorkRow]] = {}
-        with self._storage("read vault work", within=self.timeouts.scan):
+        with self._storage("read vault work"):
             for entity in table.list_entities():
                 row = WorkRow(
                     entity["PartitionKey"],
@@ -708,6 +710,10 @@ class Registry:
         try:
             with self._deadline(within):
                 yield
+        except _OutOfTimeError as err:
+            raise TransientError(
+                f"Table storage unavailable ({action}): no answer in time ({err})", system="storage"
+            ) from err
         except (ServiceRequestError, ServiceResponseError) as err:
             raise TransientError(
                 f"Table storage unavailable ({action}): {type(err).__name__}", system="storage"
@@ -730,6 +736,11 @@ class Registry:
                 self._service = None
 
 
+class _OutOfTimeError(Exception):
+    """The storage operation's deadline passed. Not an AzureError on purpose: the SDK's retry policy
+    lets it through at once instead of counting it and sleeping before the next refused attempt."""
+
+
 class _DeadlineTransport:
     """azure-core's requests transport, held to the deadline of the operation running on this thread.
 
@@ -748,16 +759,24 @@ class _DeadlineTransport:
 
     def send(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
         deadline = _deadline.get()
-        if deadline is not None:
-            from azure.core.exceptions import ServiceRequestTimeoutError
+        if deadline is None:
+            response: HttpResponse = self.inner.send(request, **kwargs)
+            return response
+        from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ServiceRequestTimeoutError("the storage call's time is up; not sending again")
-            config = self.inner.connection_config
-            kwargs["connection_timeout"] = min(kwargs.get("connection_timeout") or config.timeout, left)
-            kwargs["read_timeout"] = min(kwargs.get("read_timeout") or config.read_timeout, left)
-        response: HttpResponse = self.inner.send(request, **kwargs)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _OutOfTimeError("not sent")
+        config = self.inner.connection_config
+        kwargs["connection_timeout"] = min(kwargs.get("connection_timeout") or config.timeout, left)
+        kwargs["read_timeout"] = min(kwargs.get("read_timeout") or config.read_timeout, left)
+        try:
+            response = self.inner.send(request, **kwargs)
+        except (ServiceRequestError, ServiceResponseError) as err:
+            if time.monotonic() >= deadline:
+                # No attempt can follow: end the operation now, not after the retry policy's backoff.
+                raise _OutOfTimeError(type(err).__name__) from err
+            raise
         return response
 
     def sleep(self, duration: float) -> None:
