@@ -4,8 +4,8 @@
   front end restarting). Clients fail fast.
 * ``silent = True`` -- a network partition: connections are accepted and nothing is answered;
   what was under way stops flowing both ways. Clients wait for their own timeouts. When the
-  relay speaks again, the connections that met the silence are closed (their clients gave up
-  long ago) and new ones are forwarded.
+  relay speaks again, new connections are forwarded; the ones that met the silence stay dead
+  and open -- half-open, as after a load balancer or NAT lost their state -- until :meth:`close`.
 """
 
 from __future__ import annotations
@@ -38,14 +38,15 @@ class FlakyProxy:
     def silent(self, value: bool) -> None:
         with self._lock:
             self._silent = value
-            stranded, self._stranded = ([], self._stranded) if not value else (self._stranded, [])
-        for sock in stranded:
-            _close(sock)
 
     def close(self) -> None:
         self._stop.set()
         _close(self._listener)
-        self.silent = False
+        with self._lock:
+            self._silent = False
+            stranded, self._stranded = self._stranded, []
+        for sock in stranded:
+            _close(sock)
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -64,7 +65,7 @@ class FlakyProxy:
             threading.Thread(target=self._pipe_pair, args=(client,), daemon=True).start()
 
     def _strand(self, *sockets: socket.socket) -> bool:
-        """While silent: keep the sockets open and unanswered until the relay speaks again."""
+        """While silent: keep the sockets open and unanswered, for good (until :meth:`close`)."""
         with self._lock:
             if not self._silent:
                 return False

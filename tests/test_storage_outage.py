@@ -228,3 +228,65 @@ def test_http_api_answers_503_when_storage_is_down(estate, relay, monkeypatch, r
     assert error["code"] == "Busy" and "Table storage unavailable" in error["message"]
     assert response.headers["Retry-After"] == "5"
     logger.warning("%s: /api/%s answered 503 in %.2fs", how, route, invocation.seconds)
+
+
+@pytest.fixture
+def vault_relay(vault_server):
+    proxy = FlakyProxy(vault_server.port)
+    yield proxy
+    proxy.close()
+
+
+def silent_vault(estate, engine, vault_relay):
+    """The engine's Key Vault client, behind the relay, with short bounds (connect, read, whole request)."""
+    from kvlink_core.credentials import get_credential
+    from kvlink_core.keyvault import KeyVault
+
+    template = estate.env["KVLINK_VAULT_URL"].replace(f":{vault_relay.target_port}/", f":{vault_relay.port}/")
+    settings = estate.settings(KVLINK_VAULT_URL=template)
+    engine.keyvault.close()
+    engine.keyvault = KeyVault(
+        settings,
+        get_credential(settings),
+        retry_total=3,
+        retry_backoff_factor=0.01,
+        connect_timeout=0.5,
+        timeout=1.0,
+        total_timeout=1.5,
+    )
+    return engine.keyvault
+
+
+def test_a_silent_key_vault_fails_the_event_in_time_and_it_is_redelivered(estate, vault_relay, app_engine):
+    """Key Vault accepts and says nothing (the event's version read, the sync pipeline): the event raises
+    inside a lease's life, writes nothing, and lands on redelivery. Before: 300 s per attempt."""
+    estate.kv.set_secret(estate.vault, "seed")
+    group = estate.group("payments-kv", ["seed"])
+    estate.link(app_engine, group)
+    vault = silent_vault(estate, app_engine, vault_relay)
+    vault.secret_state(estate.vault, "seed")  # a pooled connection, TLS done: the silence meets a read
+    event = secret_event(estate.vault, "new-key", estate.kv.set_secret(estate.vault, "new-key"))
+
+    vault_relay.silent = True
+    invocation = Invocation(lambda: deliver(event))
+    assert invocation.ended_within(app_engine.registry.lease_seconds), "the invocation outlived a lease"
+    assert vault_relay.silent and vault_relay.accepted_while_silent
+    assert isinstance(invocation.error, TransientError) and invocation.error.system == "keyvault"
+    assert estate.names(group) == ["seed"]
+    logger.warning("silent Key Vault: the event gave up after %.2fs", invocation.seconds)
+
+    vault_relay.silent = False
+    deliver(event)
+    assert estate.names(group) == ["new-key", "seed"]
+
+
+def test_a_silent_key_vault_fails_a_listing_in_time(estate, vault_relay, app_engine):
+    """The same through the async pipeline, which whole-vault listings (sync, link, audit) take."""
+    estate.kv.set_secret(estate.vault, "seed")
+    vault = silent_vault(estate, app_engine, vault_relay)
+    vault.list_secrets(estate.vault)  # a pooled connection, TLS done: the silence meets a read
+    vault_relay.silent = True
+    invocation = Invocation(lambda: vault.list_secrets(estate.vault))
+    assert invocation.ended_within(app_engine.registry.lease_seconds), "the listing outlived a lease"
+    assert isinstance(invocation.error, TransientError) and invocation.error.system == "keyvault"
+    logger.warning("silent Key Vault: a listing gave up after %.2fs", invocation.seconds)
