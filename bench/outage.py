@@ -1,11 +1,15 @@
-"""Outage: how long an event, the HTTP API and a burst take when Table storage refuses or is silent.
+"""Outage: how long an event, the HTTP API and a burst take when a dependency refuses or is silent.
 
     python -m bench.outage                     # kvlink's production bounds, 60 s leases
+    python -m bench.outage --systems storage   # Table storage only
 
-A relay (standins/tcpproxy.py) sits between kvlink and Azurite. *Refuses*: every connection is
-reset (a front end restarting). *Silent*: connections are accepted and nothing is answered (a
-partition). Measured: the seconds until one event's invocation ends (and how: it must raise, so
-Event Grid redelivers), until ``GET /api/links`` answers, and -- for a 20-event burst over 3 groups
+A relay (standins/tcpproxy.py) sits between kvlink and Azurite, the Key Vault stand-in or the Azure
+DevOps stand-in. *Refuses*: every connection is reset (a front end restarting). *Silent*:
+connections are accepted and nothing is answered, and pooled ones stop answering (a partition).
+*Throttles* (Key Vault and Azure DevOps; Azurite cannot): every call answers 429 with Retry-After.
+Measured: the seconds until one event's invocation ends (and how: it must raise, so Event Grid
+redelivers), until ``GET /api/links`` (storage) or ``POST /api/sync`` answers, and -- for a
+20-event burst over 3 groups
 with storage silent for 4 s in its middle -- how many invocations were still running after the
 silence plus the cap, and how long until every group holds every name with failed events
 redelivered as Event Grid would (the first redelivery comes 10 s later; here at once).
@@ -24,14 +28,14 @@ from typing import Any
 
 from bench.lab import Lab
 
-ORG, PROJECT, VAULT = "bench-org", "Payments", "kv-outage"
+ORG, PROJECT = "bench-org", "Payments"
 
 
-def _engine(lab: Lab, storage: str) -> Any:
+def _engine(lab: Lab, env: dict[str, str]) -> Any:
     from kvlink_core.app import build_engine
     from kvlink_core.settings import Settings
 
-    return build_engine(Settings.from_env({**lab.env, "AzureWebJobsStorage": storage}))
+    return build_engine(Settings.from_env(env))
 
 
 def _timed(call: Any, cap: float) -> dict[str, Any]:
@@ -55,35 +59,67 @@ def _timed(call: Any, cap: float) -> dict[str, Any]:
     return outcome
 
 
-def single(lab: Lab, how: str, cap: float) -> dict[str, Any]:
+def single(lab: Lab, system: str, how: str, cap: float) -> dict[str, Any]:
+    """One event, and the HTTP API, with ``system`` (storage, keyvault, devops) refusing or silent."""
     from kvlink_core.model import Link
     from standins.events import secret_event
     from standins.tcpproxy import FlakyProxy
 
-    proxy = FlakyProxy(lab.azurite.port)
-    storage = lab.env["AzureWebJobsStorage"].replace(f":{lab.azurite.port}/", f":{proxy.port}/")
-    engine = _engine(lab, storage)
+    target = {"storage": lab.azurite.port, "keyvault": lab.kv.port, "devops": lab.ado.port}[system]
+    proxy = FlakyProxy(target)
+    env = dict(lab.env)
+    setting = {"storage": "AzureWebJobsStorage", "keyvault": "KVLINK_VAULT_URL", "devops": "KVLINK_DEVOPS_URL"}[system]
+    env[setting] = env[setting].replace(f":{target}", f":{proxy.port}")
+    engine = _engine(lab, env)
+    vault = f"kv-{system}-{how}"  # its own vault and group: no other scenario's links in its way
+    lab.kv.create_vault(vault)
     try:
-        name = f"g-{how}"
-        lab.kv.set_secret(VAULT, "seed")
-        gid = lab.ado.add_group(ORG, PROJECT, name, vault=VAULT, variables=["seed"])
-        engine.registry.save_link(Link(ORG, PROJECT, gid, name, VAULT), previous=None)
-        event = secret_event(VAULT, f"new-{how}", lab.kv.set_secret(VAULT, f"new-{how}"))
+        name = f"g-{system}-{how}"
+        lab.kv.set_secret(vault, "seed")
+        gid = lab.ado.add_group(ORG, PROJECT, name, vault=vault, variables=["seed"])
+        engine.registry.save_link(Link(ORG, PROJECT, gid, name, vault), previous=None)
+        warm = secret_event(vault, "seed", lab.kv.set_secret(vault, "seed"))
+        engine.handle_event(warm)  # pooled connections everywhere: a silence meets a read, as in production
+        event = secret_event(vault, f"new-{system}-{how}", lab.kv.set_secret(vault, f"new-{system}-{how}"))
+        server = lab.kv if system == "keyvault" else lab.ado
         if how == "refuses":
             proxy.broken = True
-        else:
+        elif how == "silent":
             proxy.silent = True
+        else:  # throttles: 429 with Retry-After on every call (Key Vault 2 s, Azure DevOps 10 s)
+            server.inject(429, retry_after=2.0 if system == "keyvault" else 10.0, times=1_000_000)
+        api = (lambda: _api_links(engine)) if system == "storage" else (lambda: _api_sync(engine, vault))
         result = {
             "event": _timed(lambda: engine.handle_event(event) and None, cap),
-            "GET /api/links": _timed(lambda: _api_links(engine), cap),
+            "GET /api/links" if system == "storage" else "POST /api/sync": _timed(api, cap),
+            "audit": _timed(lambda: _audit(engine), cap),
         }
         proxy.broken = proxy.silent = False
+        server.clear_faults()
         result["redelivered"] = _timed(lambda: engine.handle_event(event) and None, cap)
-        result["landed"] = f"new-{how}" in lab.ado.variable_names(ORG, gid)
+        result["landed"] = f"new-{system}-{how}" in lab.ado.variable_names(ORG, gid)
         return result
     finally:
         proxy.close()
         engine.close()
+
+
+def _audit(engine: Any) -> str:
+    from kvlink_core.audit import run_audit
+
+    report = run_audit(engine)
+    stored = "stored" if report.stored else f"not stored ({(report.store_error or '')[:80]})"
+    return f"returned: {len(report.unreached)} unreached, report {stored}"
+
+
+def _api_sync(engine: Any, vault: str) -> str:
+    from unittest import mock
+
+    from kvlink_core import api
+
+    with mock.patch("kvlink_core.app.get_engine", return_value=engine):
+        response = api.sync(json.dumps({"vault": vault}).encode())
+    return f"HTTP {response.status}"
 
 
 def _api_links(engine: Any) -> str:
@@ -104,7 +140,7 @@ def burst(lab: Lab, cap: float, silence: float) -> dict[str, Any]:
 
     proxy = FlakyProxy(lab.azurite.port)
     storage = lab.env["AzureWebJobsStorage"].replace(f":{lab.azurite.port}/", f":{proxy.port}/")
-    engines = [_engine(lab, storage) for _ in range(3)]  # three function instances
+    engines = [_engine(lab, {**lab.env, "AzureWebJobsStorage": storage}) for _ in range(3)]  # three instances
     vault = "kv-burst"
     lab.kv.set_secret(vault, "a-seed")
     policies = {"all": Policy(), "b": Policy(include=("b-*",)), "c": Policy(include=("c-*",))}
@@ -203,17 +239,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cap", type=float, default=130.0, help="seconds to wait for an invocation to end")
     parser.add_argument("--silence", type=float, default=4.0, help="seconds of silence in the burst")
+    parser.add_argument("--systems", nargs="+", default=["storage", "keyvault", "devops"])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with Lab(orgs=ORG) as lab:
         lab.ado.add_project(ORG, PROJECT)
-        lab.kv.create_vault(VAULT)
         lab.kv.create_vault("kv-burst")
-        result = {
-            "refuses": single(lab, "refuses", args.cap),
-            "silent": single(lab, "silent", args.cap),
-            "burst": burst(lab, args.cap, args.silence),
+        result: dict[str, Any] = {
+            system: {
+                how: single(lab, system, how, args.cap)
+                for how in ("refuses", "silent", "throttles")
+                if how != "throttles" or system != "storage"  # Azurite does not throttle
+            }
+            for system in args.systems
         }
+        if "storage" in args.systems:
+            result["burst"] = burst(lab, args.cap, args.silence)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
