@@ -45,9 +45,9 @@ class KeyVault:
         *,
         retry_total: int = 4,
         retry_backoff_factor: float = 0.8,
-        timeout: float = 20.0,
+        timeout: float = 10.0,
         connect_timeout: float = 5.0,
-        total_timeout: float = 30.0,
+        total_timeout: float = 20.0,
         client_options: Mapping[str, Any] | None = None,
         transport_factory: Callable[[], HttpTransport[Any, Any]] | None = None,
         async_transport_factory: Callable[[], AsyncHttpTransport[Any, Any]] | None = None,
@@ -76,7 +76,8 @@ class KeyVault:
             "retry_backoff_factor": retry_backoff_factor,
             "retry_backoff_max": min(8.0, total_timeout),
             # The retry policy's deadline for one request and its retries (azure-core's default is
-            # 604,800 s); the attempt running when it passes may still take one read timeout.
+            # 604,800 s); the attempt running when it passes may still take one read timeout. So an
+            # event's version read ends within about 30 s (Event Grid's wait) even on a silent vault.
             "timeout": total_timeout,
             **self._timeouts,
             "connection_verify": True,  # with the shared session's preloaded trust (tls.shared_session)

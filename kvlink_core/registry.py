@@ -644,14 +644,24 @@ class Registry:
 
     # -- plumbing --------------------------------------------------------------------
     def _table(self, name: str) -> TableClient:
-        with self._lock:
+        table = self._tables.get(name)
+        if table is not None:
+            return table
+        # One call's bound for waiting *and* opening: on a silent account, the threads of a burst
+        # queued behind the first would otherwise each wait out a bound of their own, one by one.
+        started = time.monotonic()
+        if not self._lock.acquire(timeout=self.timeouts.call):
+            raise TransientError("Table storage unavailable (open table): still opening it", system="storage")
+        try:
             table = self._tables.get(name)
             if table is None:
                 service = self._service_client()
-                with self._storage("open table"):
+                with self._storage("open table", within=self.timeouts.call - (time.monotonic() - started)):
                     table = service.create_table_if_not_exists(name)
                 self._tables[name] = table
             return table
+        finally:
+            self._lock.release()
 
     def _service_client(self) -> TableServiceClient:
         if self._service is None:

@@ -290,3 +290,23 @@ def test_a_silent_key_vault_fails_a_listing_in_time(estate, vault_relay, app_eng
     assert invocation.ended_within(app_engine.registry.lease_seconds), "the listing outlived a lease"
     assert isinstance(invocation.error, TransientError) and invocation.error.system == "keyvault"
     logger.warning("silent Key Vault: a listing gave up after %.2fs", invocation.seconds)
+
+
+def test_a_cold_instance_in_a_partition_does_not_queue_its_invocations(estate, relay, monkeypatch):
+    """A fresh instance meets a silent account: 8 events at once, none waits behind the others' attempts
+    to open the tables (one by one, 8 bounds in a row, they would outlive the lease)."""
+    setup = estate.engine()  # straight to Azurite: the link exists, the instance under test opened nothing
+    estate.kv.set_secret(estate.vault, "seed")
+    estate.link(setup, estate.group("payments-kv", ["seed"]))
+    engine = engine_behind(estate, relay, monkeypatch, lease_seconds=6.0)
+    events = [secret_event(estate.vault, f"new-{i}", estate.kv.set_secret(estate.vault, f"new-{i}")) for i in range(8)]
+
+    relay.silent = True
+    lease_ends = time.monotonic() + engine.registry.lease_seconds
+    invocations = [Invocation(lambda e=e: deliver(e)) for e in events]
+    ended = [i.ended_within(max(0.0, lease_ends - time.monotonic())) for i in invocations]
+    assert all(ended), f"{ended.count(False)} of 8 invocations outlived the lease they started in"
+    assert all(isinstance(i.error, TransientError) for i in invocations)
+    logger.warning(
+        "cold instance, silent storage: 8 events gave up after at most %.2fs", max(i.seconds for i in invocations)
+    )

@@ -57,8 +57,8 @@ def test_key_vault_sync_transport_is_bounded():
     kv = KeyVault(settings(), StaticTokenCredential("t"))
     client = kv._client("v1")
     config = transport_of(client).connection_config
-    assert (config.timeout, config.read_timeout) == (5.0, 20.0)
-    assert retry_policy_of(client).timeout == 30.0
+    assert (config.timeout, config.read_timeout) == (5.0, 10.0)
+    assert retry_policy_of(client).timeout == 20.0
     kv.close()
 
 
@@ -71,7 +71,7 @@ def test_key_vault_async_transport_is_bounded():
     loop = kv._event_loop()
     client = loop.run(build())
     config = client._client._client._pipeline._transport.connection_config
-    assert (config.timeout, config.read_timeout) == (5.0, 20.0)
+    assert (config.timeout, config.read_timeout) == (5.0, 10.0)
     kv.close()
 
 
