@@ -199,6 +199,7 @@ class Leases:
                     # A long round outlived the lease and someone took it over. What this holder
                     # wrote stands; the queue is the new holder's (a takeover reads it first).
                     logger.warning("%s: the lease was taken over after this holder's writes", key)
+                    self.registry.forget(holding.lease.owner)
                     return result
         except BaseException:
             self.registry.release_quietly(holding.lease)
@@ -209,7 +210,8 @@ class Leases:
 
         Without ``wait`` the queued work is the holder's once a live holder has been poked: it
         writes everything queued before it lets go, and whoever takes the lease next (or the
-        nightly audit) finishes what a holder that died left behind.
+        nightly audit) finishes what a holder that died left behind -- except that a holder of
+        this process known to have given up is waited for, as with ``wait``.
         """
         clock = self.clock
         rows = self.registry.add_pending(key, work.observations.values())
@@ -222,12 +224,19 @@ class Leases:
                     return on_lease(lease)
                 continue  # another waiter got it first: poke that one
             if not wait:
-                if not self.registry.lease_free(key):
+                holder = self.registry.lease_holder(key)
+                if holder is None:
+                    lease = self.registry.try_acquire(key)  # the poked holder had died: take over
+                    if lease is not None:
+                        return on_lease(lease)
+                    continue
+                if not self.registry.given_up_here(holder):
                     return queued
-                lease = self.registry.try_acquire(key)  # the poked holder had died: take over
-                if lease is not None:
-                    return on_lease(lease)
-                continue
+                # Its holder was in this process and gave up without releasing it (storage failed
+                # under it): nobody would come back for the queue before the audit. Wait for the
+                # lease as a hand-off does, and take the queue over once the lease expires.
+                logger.info("%s: its holder here gave up; waiting to take the lease and its queue over", key)
+                wait = True
             polls = 0
             while clock.monotonic() < deadline:
                 # The holder gathers work for a batch window and then writes: no need to poll faster.

@@ -129,6 +129,17 @@ class StorageTimeouts:
     scan: float = 120.0
 
 
+# The owners of the leases this process's holders hold now. A lease row owned by this process
+# (host:pid:...) but not in here belongs to a holder that gave up -- typically because storage
+# failed under it and the release failed too -- so nobody here will come back for its queue.
+_HELD: set[str] = set()
+_HELD_LOCK = threading.Lock()
+
+
+def _process_prefix() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:"
+
+
 # The deadline of the storage operation running on this thread (time.monotonic()); see _DeadlineTransport.
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("kvlink_storage_deadline", default=None)
 
@@ -262,12 +273,48 @@ class Registry:
 
     def try_acquire(self, key: LeaseKey) -> Lease | None:
         """The group's lease, or None while someone else holds it."""
+        table = self._table(LEASES_TABLE)
+        owner = f"{_process_prefix()}{uuid.uuid4().hex[:8]}"
+        with _HELD_LOCK:
+            _HELD.add(owner)  # before the row exists: a holder is never mistaken for one that gave up
+        try:
+            lease = self._try_acquire(key, table, owner)
+        except BaseException:
+            self.forget(owner)  # a create whose answer was lost leaves a row nobody here holds
+            raise
+        if lease is None:
+            self.forget(owner)
+        return lease
+
+    @staticmethod
+    def forget(owner: str) -> None:
+        """This process no longer holds the lease ``owner`` names (released, given up or lost)."""
+        with _HELD_LOCK:
+            _HELD.discard(owner)
+
+    def lease_holder(self, key: LeaseKey) -> str | None:
+        """Who holds the lease (its Owner), or None when it is absent or expired: one read."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        table = self._table(LEASES_TABLE)
+        try:
+            with self._storage("read lease"):
+                current = table.get_entity(key.lease_partition, key.lease_row, select=["ExpiresAt", "Owner"])
+        except ResourceNotFoundError:
+            return None
+        return None if _expired(current, self.clock.wall()) else str(current.get("Owner") or "")
+
+    @staticmethod
+    def given_up_here(owner: str) -> bool:
+        """Whether ``owner`` is a holder of this process that gave up without releasing its lease."""
+        with _HELD_LOCK:
+            return owner.startswith(_process_prefix()) and owner not in _HELD
+
+    def _try_acquire(self, key: LeaseKey, table: TableClient, owner: str) -> Lease | None:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        table = self._table(LEASES_TABLE)
-        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         for _ in range(3):
             started = self.clock.monotonic()
             try:
@@ -352,6 +399,7 @@ class Registry:
             return False
         except ResourceNotFoundError:
             pass
+        self.forget(lease.owner)
         return True
 
     def release_quietly(self, lease: Lease) -> None:
@@ -367,6 +415,8 @@ class Registry:
                     self.release(fresh)
         except Exception:  # noqa: BLE001 -- never mask the failure that brought us here
             logger.warning("Could not release the lease on group %s; it expires by itself", lease.key)
+        finally:
+            self.forget(lease.owner)  # given up: a waiter here takes it over once it expires
 
     def poke(self, key: LeaseKey) -> bool:
         """Tell the current holder that work is queued. False when nobody holds the lease."""
