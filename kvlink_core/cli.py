@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -373,6 +374,11 @@ def _usage(problem: UsageError, err: TextIO) -> int:
     return EXIT_USAGE
 
 
+_LOGGING_LOCK = threading.Lock()
+_logging_runs = 0  # main() runs in progress in this process
+_levels_before: dict[str, int] = {}
+
+
 @contextlib.contextmanager
 def _logging(verbosity: int, err: TextIO) -> Iterator[None]:
     """-v: kvlink's own decisions (INFO); -vv: kvlink at DEBUG and the SDKs' request logs (INFO).
@@ -389,18 +395,28 @@ def _logging(verbosity: int, err: TextIO) -> Iterator[None]:
         levels.update({"kvlink_core": logging.INFO, "azure.identity": logging.WARNING})
     if verbosity >= 2:
         levels.update({"kvlink_core": logging.DEBUG, **dict.fromkeys([*SDK_LOGGERS, "azure.identity"], logging.INFO)})
+    global _logging_runs  # noqa: PLW0603 -- the process's levels are global too
     loggers = {name: logging.getLogger(name or None) for name in levels}
-    before = {name: logger.level for name, logger in loggers.items()}
-    for name, logger in loggers.items():
-        logger.setLevel(levels[name])
+    with _LOGGING_LOCK:
+        # Runs that overlap (threads in one process) share one record of the levels from before the
+        # first of them, which the last one puts back: a run restoring what another had set leaks it.
+        if _logging_runs == 0:
+            _levels_before.update({name: logger.level for name, logger in loggers.items()})
+        _logging_runs += 1
+        for name, logger in loggers.items():
+            logger.setLevel(levels[name])
     root = loggers[""]
     root.addHandler(handler)
     try:
         yield
     finally:
         root.removeHandler(handler)
-        for name, logger in loggers.items():
-            logger.setLevel(before[name])
+        with _LOGGING_LOCK:
+            _logging_runs -= 1
+            if _logging_runs == 0:
+                for name, level in _levels_before.items():
+                    logging.getLogger(name or None).setLevel(level)
+                _levels_before.clear()
 
 
 def _flag_message(problem: RequestError) -> str:

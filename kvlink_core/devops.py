@@ -288,7 +288,9 @@ class DevOps:
                     return found
                 except UpstreamError as err:
                     # On a retry, "exists" may be our own earlier POST that the lookup missed.
-                    found = self._created_meanwhile(organization, body) if uncertain and err.status == 409 else None
+                    found = (
+                        self._created_meanwhile(organization, body) if uncertain and err.status in (400, 409) else None
+                    )
                     if found is None:
                         raise
                     return found

@@ -45,7 +45,9 @@ class KeyVault:
         *,
         retry_total: int = 4,
         retry_backoff_factor: float = 0.8,
-        timeout: float = 20.0,
+        timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        total_timeout: float = 20.0,
         client_options: Mapping[str, Any] | None = None,
         transport_factory: Callable[[], HttpTransport[Any, Any]] | None = None,
         async_transport_factory: Callable[[], AsyncHttpTransport[Any, Any]] | None = None,
@@ -64,11 +66,20 @@ class KeyVault:
         self._session = shared_session(
             settings.ca_bundle, pool_size=settings.vault_concurrency, trust_env=self._trust_env
         )
+        # azure-core's transports default to connection_timeout=300 and read_timeout=300 s per attempt
+        # (ConnectionConfiguration, azure/core/configuration.py, azure-core 1.41.0), and apply a client's
+        # own values only to a transport the client builds itself -- so kvlink gives them to the
+        # transports it builds (see _client and _aiohttp_transport), not only to the clients.
+        self._timeouts = {"connection_timeout": connect_timeout, "read_timeout": timeout}
         self._client_options: dict[str, Any] = {
             "retry_total": retry_total,
             "retry_backoff_factor": retry_backoff_factor,
-            "connection_timeout": timeout,
-            "read_timeout": timeout,
+            "retry_backoff_max": min(8.0, total_timeout),
+            # The retry policy's deadline for one request and its retries (azure-core's default is
+            # 604,800 s); the attempt running when it passes may still take one read timeout. So an
+            # event's version read ends within about 30 s (Event Grid's wait) even on a silent vault.
+            "timeout": total_timeout,
+            **self._timeouts,
             "connection_verify": True,  # with the shared session's preloaded trust (tls.shared_session)
             # Stand-ins live on 127.0.0.1, which is not a *.vault.azure.net challenge domain.
             "verify_challenge_resource": not settings.emulator,
@@ -154,7 +165,9 @@ class KeyVault:
                 ssl=ssl_context(self._settings.ca_bundle), limit=self._settings.vault_concurrency
             )
             self._aiohttp_session = aiohttp.ClientSession(connector=connector, trust_env=self._trust_env)
-        transport: AsyncHttpTransport[Any, Any] = AioHttpTransport(session=self._aiohttp_session, session_owner=False)
+        transport: AsyncHttpTransport[Any, Any] = AioHttpTransport(
+            session=self._aiohttp_session, session_owner=False, **self._timeouts
+        )
         return transport
 
     async def _aclose(self) -> None:
@@ -238,7 +251,7 @@ class KeyVault:
                 transport = (
                     self._transport_factory()
                     if self._transport_factory is not None
-                    else RequestsTransport(session=self._session, session_owner=False)
+                    else RequestsTransport(session=self._session, session_owner=False, **self._timeouts)
                 )
                 client = SecretClient(
                     self._settings.vault_url(key), self._credential, transport=transport, **self._client_options

@@ -100,9 +100,8 @@ class Leases:
         self.registry = registry
         self.clock = registry.clock
         lease_seconds = registry.lease_seconds
-        # A call under the lease ends this long before the lease would: other instances judge
-        # ExpiresAt by their own clocks, and a request may still be on its way when we give up.
-        self.margin = lease_seconds / 4
+        # A call under the lease ends this long before the lease would (see Registry.lease_margin).
+        self.margin = registry.lease_margin
         # A waiter gives up (and lets the event be redelivered) after two lease lifetimes.
         self.max_wait = max_wait if max_wait is not None else 2 * lease_seconds
         # How long one invocation keeps writing others' queued work before handing the lease on.
@@ -166,7 +165,8 @@ class Leases:
         try:
             while True:
                 work = current or Round()
-                rows = self.registry.pending(key) if look_at_queue else []
+                budget = self.registry.lease_budget(holding.lease)  # the queue's calls end inside the lease
+                rows = self.registry.pending(key, within=budget) if look_at_queue else []
                 work.merge(row.observation for row in rows)
                 if work.observations or (work is first and first.always):
                     holding.keep_alive()
@@ -174,7 +174,7 @@ class Leases:
                     outcome = apply(work, holding)
                     result = outcome if work is first or result is None else result
                 if rows:
-                    self.registry.remove_pending(key, rows)
+                    self.registry.remove_pending(key, rows, within=self.registry.lease_budget(holding.lease))
                 current, look_at_queue = None, True
                 if holding.lease.poked:  # seen while renewing, possibly after this round read the queue
                     holding.lease = replace(holding.lease, poked=False)
@@ -200,6 +200,7 @@ class Leases:
                     # A long round outlived the lease and someone took it over. What this holder
                     # wrote stands; the queue is the new holder's (a takeover reads it first).
                     logger.warning("%s: the lease was taken over after this holder's writes", key)
+                    self.registry.forget(holding.lease.owner)
                     return result
         except BaseException:
             self.registry.release_quietly(holding.lease)
@@ -210,7 +211,8 @@ class Leases:
 
         Without ``wait`` the queued work is the holder's once a live holder has been poked: it
         writes everything queued before it lets go, and whoever takes the lease next (or the
-        nightly audit) finishes what a holder that died left behind.
+        nightly audit) finishes what a holder that died left behind -- except that a holder of
+        this process known to have given up is waited for, as with ``wait``.
         """
         clock = self.clock
         rows = self.registry.add_pending(key, work.observations.values())
@@ -223,12 +225,19 @@ class Leases:
                     return on_lease(lease)
                 continue  # another waiter got it first: poke that one
             if not wait:
-                if not self.registry.lease_free(key):
+                holder = self.registry.lease_holder(key)
+                if holder is None:
+                    lease = self.registry.try_acquire(key)  # the poked holder had died: take over
+                    if lease is not None:
+                        return on_lease(lease)
+                    continue
+                if not self.registry.given_up_here(holder):
                     return queued
-                lease = self.registry.try_acquire(key)  # the poked holder had died: take over
-                if lease is not None:
-                    return on_lease(lease)
-                continue
+                # Its holder was in this process and gave up without releasing it (storage failed
+                # under it): nobody would come back for the queue before the audit. Wait for the
+                # lease as a hand-off does, and take the queue over once the lease expires.
+                logger.info("%s: its holder here gave up; waiting to take the lease and its queue over", key)
+                wait = True
             polls = 0
             while clock.monotonic() < deadline:
                 # The holder gathers work for a batch window and then writes: no need to poll faster.

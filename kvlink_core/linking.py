@@ -214,6 +214,11 @@ def link_group(engine: Engine, request: LinkRequest, *, origin: str = "api") -> 
     existing = _find_group(engine, request)
     if existing is None:
         return _create(engine, request, dry_run=dry_run, origin=origin)
+    return _adopt(engine, request, existing, dry_run=dry_run, origin=origin)
+
+
+def _adopt(engine: Engine, request: LinkRequest, existing: VariableGroup, *, dry_run: bool, origin: str) -> LinkResult:
+    """Link a group that exists: bring it in step with the vault under its lease, then register the link."""
     if not existing.is_key_vault:
         raise RequestError(
             409,
@@ -221,6 +226,7 @@ def link_group(engine: Engine, request: LinkRequest, *, origin: str = "api") -> 
             f"group {existing.name!r} exists in {request.project} but is a {existing.type or 'plain'} group, "
             "not linked to a key vault; kvlink will not convert it",
             field="group",
+            details={"existing": _existing_json(existing)},
         )
     if (existing.vault or "").lower() != request.vault.lower():
         raise RequestError(
@@ -228,6 +234,7 @@ def link_group(engine: Engine, request: LinkRequest, *, origin: str = "api") -> 
             "GroupLinkedToAnotherVault",
             f"group {existing.name!r} is linked to vault {existing.vault!r}, not {request.vault!r}",
             field="vault",
+            details={"existing": _existing_json(existing)},
         )
     try:
         marked_group(existing.raw, request.policy)  # the marker must fit beside what people wrote
@@ -299,20 +306,66 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool, origin: str)
         # A create whose answer was lost comes back as the group found by name, so the link is saved.
         created = devops.create_group(request.organization, body)
     except UpstreamError as err:
-        if err.status == 409:  # someone else's group of that name appeared since _find_group
-            raise RequestError(
-                409,
-                "GroupExists",
-                f"group {request.group!r} was created meanwhile; repeat the request to adopt it",
-                field="group",
-            ) from err
-        raise
+        if err.status not in (400, 409):
+            raise
+        # A group of that name appeared since _find_group: another kvlink instance (a retried pipeline
+        # step, two people clicking at once) or a person. Azure DevOps says so with typeKey
+        # VariableGroupExistsException, mapped to HTTP 409 by its server, though a 400 with "Variable
+        # group with name ... already exists." has been seen too: look at what exists, not at the prose.
+        return _answer_race(engine, request, str(endpoint["id"]), err, dry_run=dry_run, origin=origin)
     link = replace(link, group_id=created.id, group_name=created.name or request.group)
     marker = write_marker(origin=origin, summary=f"created +{len(plan.add)}")
     engine.registry.save_link(link, previous=None, written=marker)  # a new group id has no link yet
     engine.notifier.group_updated(link, plan, origin=origin)
     logger.info("Created group %s (%s) with %s from vault %s", link.group_name, link.key, _names(plan), link.vault)
     return LinkResult(link, plan, applied=True, created=True, changed=True)
+
+
+def _answer_race(
+    engine: Engine, request: LinkRequest, endpoint_id: str, err: UpstreamError, *, dry_run: bool, origin: str
+) -> LinkResult:
+    """The create met a group of the same name: adopt it if it is the one asked for, else say what exists."""
+    existing = _find_group(engine, request)
+    if existing is None:
+        raise err  # no group of that name after all: the 400 meant something else
+    same = (
+        existing.is_key_vault
+        and (existing.vault or "").lower() == request.vault.lower()
+        and (existing.service_endpoint_id or "").lower() == endpoint_id.lower()
+    )
+    if not same:
+        what = _existing_json(existing)
+        raise RequestError(
+            409,
+            "GroupExists",
+            f"group {existing.name!r} was created meanwhile by someone else (id {existing.id}, "
+            f"{_describe(existing)}); kvlink did not create or link it",
+            field="group",
+            details={"existing": what},
+        ) from err
+    logger.info(
+        "Group %s (id %s) was created meanwhile for vault %s through the same connection: adopting it",
+        existing.name,
+        existing.id,
+        request.vault,
+    )
+    return _adopt(engine, request, existing, dry_run=dry_run, origin=origin)
+
+
+def _existing_json(group: VariableGroup) -> dict[str, Any]:
+    return {
+        "groupId": group.id,
+        "name": group.name,
+        "type": group.type or None,
+        "vault": group.vault,
+        "serviceConnectionId": group.service_endpoint_id,
+    }
+
+
+def _describe(group: VariableGroup) -> str:
+    if not group.is_key_vault:
+        return f"a {group.type or 'plain'} group"
+    return f"linked to vault {group.vault!r} through service connection {group.service_endpoint_id}"
 
 
 def links_to_sync(engine: Engine, request: SyncRequest) -> list[Link]:

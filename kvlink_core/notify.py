@@ -46,9 +46,15 @@ class Notifier:
         self._endpoint = settings.notify_topic_endpoint
         self._settings = settings
         self._credential = credential
+        # Publishing happens after a group write, while its lease is still held: bounded, never the SDK's
+        # defaults (azure-core: connection_timeout=300 and read_timeout=300 s per attempt, in
+        # ConnectionConfiguration, azure/core/configuration.py, 1.41.0; RetryPolicy timeout=604,800 s).
+        # The client builds its own transport here, so these reach it (tests/test_timeouts.py checks).
         self._options: dict[str, Any] = {
             "retry_total": 2,
             "retry_backoff_factor": 0.5,
+            "retry_backoff_max": 2,
+            "timeout": 15,  # the request and its retries; the attempt running then may take one read more
             "connection_timeout": 5,
             "read_timeout": 10,
             **azure_transport_options(settings.ca_bundle),

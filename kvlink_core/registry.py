@@ -18,6 +18,7 @@ This is the only module that imports ``azure.data.tables``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import json
 import logging
@@ -37,6 +38,7 @@ from .tls import azure_transport_options
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
+    from azure.core.pipeline.transport import HttpRequest, HttpResponse, RequestsTransport
     from azure.data.tables import TableClient, TableServiceClient
 
     from .settings import Settings
@@ -50,9 +52,6 @@ WORK_TABLE = "kvlinkvaultwork"
 AUDIT_TABLE = "kvlinkaudit"
 BROKEN_TABLE = "kvlinkbroken"  # groups announced as broken (kvlink.group.broken goes out once)
 JOBS_TABLE = "kvlinkjobs"
-# A job row is read and written inside an HTTP request (which has 230 s in all) and by the queue
-# worker between group writes: a storage call that hangs is cut off, not waited on for 300 s.
-_JOB_IO: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 15}
 KEEP_RUNS = 30
 _BATCH = 100  # entities per Table transaction
 _BATCH_BYTES = 3 * 1024 * 1024  # a transaction's estimated size; the limit is 4 MiB
@@ -126,6 +125,46 @@ class LinkRecord:
     last_change: str | None = None  # "+N -M", or "created +N"
 
 
+@dataclass(frozen=True, slots=True)
+class StorageTimeouts:
+    """How long Table storage may take, in seconds: set from what each call guards, never the SDK's.
+
+    The SDK's own defaults would apply otherwise: azure-core's transport gives every attempt
+    ``connection_timeout=300`` and ``read_timeout=300`` (``ConnectionConfiguration`` in
+    azure/core/configuration.py, azure-core 1.41.0), and azure-data-tables' ``TablesRetryPolicy``
+    gives an operation and its retries ``timeout=604800`` -- seven days (azure/data/tables/_policies.py,
+    12.7.0). A storage account that accepts connections and then says nothing would hold an event's
+    invocation until the host's functionTimeout (10 minutes) ends it. Do not remove these bounds.
+
+    * ``connect``/``read`` bound one attempt: refused connections fail at once anyway; a silent
+      account costs ``read`` per attempt.
+    * ``call`` bounds one operation, its retries and their waits included: an event that meets a
+      silent account answers (and is redelivered) well inside Event Grid's 30 s, and far inside
+      one lease's life (60 s). Calls under a lease are cut further, to what is left of the lease.
+    * ``scan`` bounds the audit's multi-request blocks (a report's transactions, a table scan).
+    """
+
+    connect: float = 3.0
+    read: float = 8.0
+    call: float = 12.0
+    scan: float = 120.0
+
+
+# The owners of the leases this process's holders hold now. A lease row owned by this process
+# (host:pid:...) but not in here belongs to a holder that gave up -- typically because storage
+# failed under it and the release failed too -- so nobody here will come back for its queue.
+_HELD: set[str] = set()
+_HELD_LOCK = threading.Lock()
+
+
+def _process_prefix() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:"
+
+
+# The deadline of the storage operation running on this thread (time.monotonic()); see _DeadlineTransport.
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("kvlink_storage_deadline", default=None)
+
+
 class Registry:
     def __init__(
         self,
@@ -135,8 +174,10 @@ class Registry:
         lease_seconds: float = 60.0,
         clock: Clock = SYSTEM_CLOCK,
         client_options: Mapping[str, Any] | None = None,
+        timeouts: StorageTimeouts = StorageTimeouts(),
     ) -> None:
         self._settings = settings
+        self.timeouts = timeouts
         self._credential = credential
         self.lease_seconds = lease_seconds
         self.clock = clock  # stamps and judges ExpiresAt; the lease protocol shares it
@@ -150,7 +191,7 @@ class Registry:
     def links_for_vault(self, vault: str) -> list[Link]:
         """Every link to one vault: a single partition query."""
         table = self._table(LINKS_TABLE)
-        with _storage("read links"):
+        with self._storage("read links"):
             entities = table.query_entities("PartitionKey eq @pk", parameters={"pk": vault.lower()})
             return [_link_from(e) for e in entities]
 
@@ -159,7 +200,7 @@ class Registry:
             links = self.links_for_vault(vault)
         else:
             table = self._table(LINKS_TABLE)
-            with _storage("read links"):
+            with self._storage("read links"):
                 links = [_link_from(e) for e in table.list_entities()]
         if organization:
             links = [link for link in links if link.organization.lower() == organization.lower()]
@@ -168,7 +209,7 @@ class Registry:
     def link_records(self) -> list[LinkRecord]:
         """Every link with its last-change marker, in one table scan (the report page's groups)."""
         table = self._table(LINKS_TABLE)
-        with _storage("read links"):
+        with self._storage("read links"):
             records = [
                 LinkRecord(
                     _link_from(e),
@@ -182,7 +223,7 @@ class Registry:
 
     def find_link(self, key: GroupKey) -> Link | None:
         table = self._table(LINKS_TABLE)
-        with _storage("read links"):
+        with self._storage("read links"):
             found = list(table.query_entities("RowKey eq @rk", parameters={"rk": _group_row(key)}))
         return _link_from(found[0]) if found else None
 
@@ -203,7 +244,7 @@ class Registry:
         table = self._table(LINKS_TABLE)
         if previous is _LOOK_UP:
             previous = self.find_link(link.key)
-        with _storage("save link"):
+        with self._storage("save link"):
             # MERGE keeps the write marker (LastChange*) of a link whose policy changes.
             table.upsert_entity({**_link_entity(link), **(written or {})}, mode=UpdateMode.MERGE)
             if isinstance(previous, Link) and previous.vault != link.vault.lower():
@@ -214,7 +255,7 @@ class Registry:
         if link is None:
             return False
         table = self._table(LINKS_TABLE)
-        with _storage("delete link"):
+        with self._storage("delete link"):
             table.delete_entity(link.vault, _group_row(key))
         return True
 
@@ -229,28 +270,82 @@ class Registry:
             **write_marker(origin=origin, summary=summary),
         }
         table = self._table(LINKS_TABLE)
-        with _storage("note write"), contextlib.suppress(ResourceNotFoundError):
+        with self._storage("note write"), contextlib.suppress(ResourceNotFoundError):
             table.update_entity(entity, mode=UpdateMode.MERGE)  # the link may be gone: nothing to note
 
     # -- leases --------------------------------------------------------------------
+    @property
+    def lease_margin(self) -> float:
+        """A call under a lease ends this long before the lease would: other instances judge
+        ExpiresAt by their own clocks, and a request may still be on its way when we give up."""
+        return self.lease_seconds / 4
+
+    def lease_budget(self, lease: Lease) -> float:
+        """Seconds a storage call under ``lease`` may take: what is left of it before its margin.
+
+        When that is spent the call still gets half the margin -- it ends before the lease could
+        expire by anyone's clock, and its ETag condition makes it harmless if the lease was taken
+        over meanwhile (a renewal then fails, and no group is written: see :mod:`kvlink_core.leases`).
+        Never less than 2 s (or the call bound, if shorter): leases of a few seconds, on an injected
+        clock, exist only in tests, and a storage round trip needs real time whatever that clock says.
+        """
+        left = lease.renewed + self.lease_seconds - self.clock.monotonic() - self.lease_margin
+        return max(left, self.lease_margin / 2, min(self.timeouts.call, 2.0))
+
     def try_acquire(self, key: LeaseKey) -> Lease | None:
         """The group's lease, or None while someone else holds it."""
+        table = self._table(LEASES_TABLE)
+        owner = f"{_process_prefix()}{uuid.uuid4().hex[:8]}"
+        with _HELD_LOCK:
+            _HELD.add(owner)  # before the row exists: a holder is never mistaken for one that gave up
+        try:
+            lease = self._try_acquire(key, table, owner)
+        except BaseException:
+            self.forget(owner)  # a create whose answer was lost leaves a row nobody here holds
+            raise
+        if lease is None:
+            self.forget(owner)
+        return lease
+
+    @staticmethod
+    def forget(owner: str) -> None:
+        """This process no longer holds the lease ``owner`` names (released, given up or lost)."""
+        with _HELD_LOCK:
+            _HELD.discard(owner)
+
+    def lease_holder(self, key: LeaseKey) -> str | None:
+        """Who holds the lease (its Owner), or None when it is absent or expired: one read."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        table = self._table(LEASES_TABLE)
+        try:
+            with self._storage("read lease"):
+                current = table.get_entity(key.lease_partition, key.lease_row, select=["ExpiresAt", "Owner"])
+        except ResourceNotFoundError:
+            return None
+        return None if _expired(current, self.clock.wall()) else str(current.get("Owner") or "")
+
+    @staticmethod
+    def given_up_here(owner: str) -> bool:
+        """Whether ``owner`` is a holder of this process that gave up without releasing its lease."""
+        with _HELD_LOCK:
+            return owner.startswith(_process_prefix()) and owner not in _HELD
+
+    def _try_acquire(self, key: LeaseKey, table: TableClient, owner: str) -> Lease | None:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        table = self._table(LEASES_TABLE)
-        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         for _ in range(3):
             started = self.clock.monotonic()
             try:
-                with _storage("take lease"):
+                with self._storage("take lease"):
                     meta = table.create_entity(self._lease_entity(key, owner, poke=""))
                 return Lease(key, owner, meta["etag"], started)
             except ResourceExistsError:
                 pass
             try:
-                with _storage("read lease"):
+                with self._storage("read lease"):
                     current = table.get_entity(key.lease_partition, key.lease_row)
             except ResourceNotFoundError:
                 continue  # released in between: try to create it again
@@ -258,7 +353,7 @@ class Registry:
                 return None
             started = self.clock.monotonic()
             try:
-                with _storage("take over lease"):
+                with self._storage("take over lease"):
                     meta = table.update_entity(
                         self._lease_entity(key, owner, poke=current.get("PokeId", "")),
                         mode=UpdateMode.REPLACE,
@@ -284,7 +379,7 @@ class Registry:
         while self.clock.monotonic() < deadline:
             started = self.clock.monotonic()
             try:
-                with _storage("renew lease"):
+                with self._storage("renew lease", within=self.lease_budget(lease)):
                     meta = table.update_entity(
                         self._lease_entity(lease.key, lease.owner, poke=""),
                         mode=UpdateMode.REPLACE,
@@ -297,7 +392,7 @@ class Registry:
             except ResourceNotFoundError as err:
                 raise LeaseLostError(f"the lease on group {lease.key} vanished") from err
             try:
-                with _storage("read lease"):
+                with self._storage("read lease", within=self.lease_budget(lease)):
                     current = table.get_entity(lease.key.lease_partition, lease.key.lease_row)
             except ResourceNotFoundError as err:
                 raise LeaseLostError(f"the lease on group {lease.key} vanished") from err
@@ -314,7 +409,7 @@ class Registry:
 
         table = self._table(LEASES_TABLE)
         try:
-            with _storage("release lease"):
+            with self._storage("release lease", within=self.lease_budget(lease)):
                 table.delete_entity(
                     lease.key.lease_partition,
                     lease.key.lease_row,
@@ -325,16 +420,24 @@ class Registry:
             return False
         except ResourceNotFoundError:
             pass
+        self.forget(lease.owner)
         return True
 
     def release_quietly(self, lease: Lease) -> None:
-        """Best effort on the way out of a failure; the lease expires anyway."""
+        """Best effort on the way out of a failure; the lease expires anyway.
+
+        All of it within half a call's bound: on a silent account the failure that brought us here
+        was often a timeout, and waiting as long again for a release only delays the redelivery.
+        """
         try:
-            if not self.release(lease):
-                fresh = self.refresh(lease)
-                self.release(fresh)
+            with self._deadline(min(self.timeouts.call / 2, self.lease_budget(lease))):
+                if not self.release(lease):
+                    fresh = self.refresh(lease)
+                    self.release(fresh)
         except Exception:  # noqa: BLE001 -- never mask the failure that brought us here
             logger.warning("Could not release the lease on group %s; it expires by itself", lease.key)
+        finally:
+            self.forget(lease.owner)  # given up: a waiter here takes it over once it expires
 
     def poke(self, key: LeaseKey) -> bool:
         """Tell the current holder that work is queued. False when nobody holds the lease."""
@@ -344,7 +447,7 @@ class Registry:
         table = self._table(LEASES_TABLE)
         entity = {"PartitionKey": key.lease_partition, "RowKey": key.lease_row, "PokeId": uuid.uuid4().hex}
         try:
-            with _storage("poke lease"):
+            with self._storage("poke lease"):
                 table.update_entity(entity, mode=UpdateMode.MERGE)  # If-Match: * -- 404 when absent
         except ResourceNotFoundError:
             return False
@@ -356,7 +459,7 @@ class Registry:
 
         table = self._table(LEASES_TABLE)
         try:
-            with _storage("read lease"):
+            with self._storage("read lease"):
                 current = table.get_entity(key.lease_partition, key.lease_row, select=["ExpiresAt"])
         except ResourceNotFoundError:
             return True
@@ -376,17 +479,18 @@ class Registry:
         """Queue observations for the group's lease holder; returns their row keys."""
         rows = [_pending_entity(key, o) for o in observations]
         table = self._table(PENDING_TABLE)
-        with _storage("queue work"):
+        with self._storage("queue work"):
             _in_batches(table, [("create", e) for e in rows])
         return [r["RowKey"] for r in rows]
 
-    def pending(self, key: LeaseKey) -> list[PendingRow]:
+    def pending(self, key: LeaseKey, *, within: float | None = None) -> list[PendingRow]:
+        """The work queued for ``key``; a holder passes its lease's budget as ``within``."""
         table = self._table(PENDING_TABLE)
-        with _storage("read queued work"):
+        with self._storage("read queued work", within=within):
             entities = list(table.query_entities("PartitionKey eq @pk", parameters={"pk": _queue(key)}))
         return [PendingRow(e["RowKey"], _observation_from(e)) for e in entities]
 
-    def remove_pending(self, key: LeaseKey, rows: Iterable[PendingRow]) -> None:
+    def remove_pending(self, key: LeaseKey, rows: Iterable[PendingRow], *, within: float | None = None) -> None:
         from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import TableTransactionError
 
@@ -396,18 +500,18 @@ class Registry:
         for start in range(0, len(keys), _BATCH):
             chunk = keys[start : start + _BATCH]
             try:
-                with _storage("clear queued work"):
+                with self._storage("clear queued work", within=within):
                     table.submit_transaction([("delete", {"PartitionKey": pk, "RowKey": rk}) for rk in chunk])
             except TableTransactionError:
                 for rk in chunk:  # one row was already gone: delete the rest one by one
-                    with _storage("clear queued work"), contextlib.suppress(ResourceNotFoundError):
+                    with self._storage("clear queued work", within=within), contextlib.suppress(ResourceNotFoundError):
                         table.delete_entity(pk, rk)
 
     def all_pending(self) -> dict[LeaseKey, list[PendingRow]]:
         """Every queue with work in it (one scan; normally all but empty)."""
         table = self._table(PENDING_TABLE)
         queues: dict[LeaseKey, list[PendingRow]] = {}
-        with _storage("read queued work"):
+        with self._storage("read queued work", within=self.timeouts.scan):
             for entity in table.list_entities():
                 key = _key_of_queue(entity["PartitionKey"])
                 if key is not None:
@@ -442,9 +546,9 @@ class Registry:
         head, *more = _pack("Summary", summary)  # what the run's row cannot hold goes beside the findings
         rows += [{"PartitionKey": partition, "RowKey": f"s.{n:04d}", **part} for n, part in enumerate(more, 1)]
         try:
-            with _storage("save audit findings"):
+            with self._storage("save audit findings", within=self.timeouts.scan):
                 _in_report_transactions(table, rows)
-            with _storage("save audit summary"):
+            with self._storage("save audit summary"):
                 table.create_entity(
                     {
                         "PartitionKey": "run",
@@ -470,7 +574,7 @@ class Registry:
         table = self._table(AUDIT_TABLE)
         parts: dict[str, list[str]] = {}  # row key of a value's first row -> its JSON parts, in order
         kinds: dict[str, str] = {}
-        with _storage("read audit findings"):
+        with self._storage("read audit findings"):
             # Row keys sort, so findings come back in the audit's order (severity first), each
             # value's continuation rows ("000007.0001") right after its first row.
             for e in table.query_entities("PartitionKey eq @pk", parameters={"pk": f"findings|{run['run']}"}):
@@ -487,7 +591,7 @@ class Registry:
     def report_history(self, *, limit: int = KEEP_RUNS) -> list[dict[str, Any]]:
         """Summaries of the newest runs, newest first."""
         table = self._table(AUDIT_TABLE)
-        with _storage("read audit runs"):
+        with self._storage("read audit runs"):
             entities = table.query_entities("PartitionKey eq 'run'", results_per_page=limit)
             runs = []
             for entity in entities:
@@ -504,7 +608,7 @@ class Registry:
         return runs
 
     def _prune_reports(self, table: TableClient) -> None:
-        with _storage("prune audit runs"):
+        with self._storage("prune audit runs", within=self.timeouts.scan):
             runs = [e["RowKey"] for e in table.query_entities("PartitionKey eq 'run'", select=["RowKey"])]
             if len(runs) < KEEP_RUNS:
                 return
@@ -528,9 +632,11 @@ class Registry:
         from azure.core.exceptions import AzureError
 
         try:
-            rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"])
-            _in_batches(table, [("delete", {"PartitionKey": partition, "RowKey": e["RowKey"]}) for e in rows])
-        except AzureError as err:
+            # After a failed save (often a timeout): one call's bound, not another scan's.
+            with self._deadline(self.timeouts.call):
+                rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"])
+                _in_batches(table, [("delete", {"PartitionKey": partition, "RowKey": e["RowKey"]}) for e in rows])
+        except (AzureError, _OutOfTimeError) as err:
             logger.warning("Could not remove the rows of an audit report that failed to save: %s", type(err).__name__)
 
     # -- vault work (diagnostic-log path) -------------------------------------------------
@@ -549,14 +655,14 @@ class Registry:
             }
             for name in names
         ]
-        with _storage("queue vault work"):
+        with self._storage("queue vault work"):
             _in_batches(table, [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in rows])
 
     def vault_work(self) -> dict[str, list[WorkRow]]:
         """Everything still to decide, by vault -- this batch's and what earlier failures left."""
         table = self._table(WORK_TABLE)
         work: dict[str, list[WorkRow]] = {}
-        with _storage("read vault work"):
+        with self._storage("read vault work"):
             for entity in table.list_entities():
                 row = WorkRow(
                     entity["PartitionKey"],
@@ -575,7 +681,7 @@ class Registry:
         table = self._table(WORK_TABLE)
         for row in rows:
             with (
-                _storage("clear vault work"),
+                self._storage("clear vault work"),
                 contextlib.suppress(ResourceModifiedError, ResourceNotFoundError),
             ):
                 table.delete_entity(
@@ -586,7 +692,7 @@ class Registry:
     def broken_groups(self) -> set[GroupKey]:
         """The groups already announced as broken and not seen healthy since."""
         table = self._table(BROKEN_TABLE)
-        with _storage("read broken groups"):
+        with self._storage("read broken groups"):
             return {
                 GroupKey(e["PartitionKey"], int(e["RowKey"]))
                 for e in table.list_entities(select=["PartitionKey", "RowKey"])
@@ -599,7 +705,7 @@ class Registry:
 
         table = self._table(BROKEN_TABLE)
         now = datetime.now(UTC)
-        with _storage("record broken groups"):
+        with self._storage("record broken groups", within=self.timeouts.scan):
             for key in broken:
                 entity = {"PartitionKey": key.organization, "RowKey": str(key.group_id), "Since": now}
                 table.upsert_entity(entity, mode=UpdateMode.REPLACE)
@@ -623,8 +729,8 @@ class Registry:
             "Done": 0,
             "Total": total,
         }
-        with _storage("record a queued sync"):
-            self._table(JOBS_TABLE).create_entity(entity, **_JOB_IO)
+        with self._storage("record a queued sync"):
+            self._table(JOBS_TABLE).create_entity(entity)
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         """Merge ``Status``, ``StartedAt``, ``Attempts``, ``Done``... into the job's row (``UpdatedAt`` = now)."""
@@ -633,15 +739,15 @@ class Registry:
         entity: dict[str, Any] = {"PartitionKey": "job", "RowKey": job_id, "UpdatedAt": datetime.now(UTC)}
         for name, value in fields.items():
             entity[name] = json.dumps(value) if name == "Error" else value
-        with _storage("update a queued sync"):
-            self._table(JOBS_TABLE).upsert_entity(entity, mode=UpdateMode.MERGE, **_JOB_IO)
+        with self._storage("update a queued sync"):
+            self._table(JOBS_TABLE).upsert_entity(entity, mode=UpdateMode.MERGE)
 
     def job(self, job_id: str) -> JobRow | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            with _storage("read a queued sync"):
-                e = self._table(JOBS_TABLE).get_entity("job", job_id, **_JOB_IO)
+            with self._storage("read a queued sync"):
+                e = self._table(JOBS_TABLE).get_entity("job", job_id)
         except ResourceNotFoundError:
             return None
         return JobRow(
@@ -665,31 +771,39 @@ class Registry:
         table = self._table(JOBS_TABLE)
         partition = f"result|{job_id}"
         rows = _report_rows(partition, "r", "Result", result)
-        with _storage("save a queued sync's result"):
+        with self._storage("save a queued sync's result", within=self.timeouts.scan):
             # A job redone after its worker died may have left rows of an earlier answer: none may stay.
-            old = table.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"], **_JOB_IO
-            )
-            _in_batches(table, [("delete", {"PartitionKey": partition, "RowKey": e["RowKey"]}) for e in old], **_JOB_IO)
-            _in_report_transactions(table, rows, **_JOB_IO)
+            old = table.query_entities("PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"])
+            _in_batches(table, [("delete", {"PartitionKey": partition, "RowKey": e["RowKey"]}) for e in old])
+            _in_report_transactions(table, rows)
 
     def job_result(self, job_id: str) -> Any:
         table = self._table(JOBS_TABLE)
-        with _storage("read a queued sync's result"):
-            rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": f"result|{job_id}"}, **_JOB_IO)
+        with self._storage("read a queued sync's result"):
+            rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": f"result|{job_id}"})
             text = "".join(_joined(e, "Result") for e in rows)  # row keys sort: r, r.0001, ...
         return json.loads(text) if text else None
 
     # -- plumbing --------------------------------------------------------------------
     def _table(self, name: str) -> TableClient:
-        with self._lock:
+        table = self._tables.get(name)
+        if table is not None:
+            return table
+        # One call's bound for waiting *and* opening: on a silent account, the threads of a burst
+        # queued behind the first would otherwise each wait out a bound of their own, one by one.
+        started = time.monotonic()
+        if not self._lock.acquire(timeout=self.timeouts.call):
+            raise TransientError("Table storage unavailable (open table): still opening it", system="storage")
+        try:
             table = self._tables.get(name)
             if table is None:
                 service = self._service_client()
-                with _storage("open table"):
+                with self._storage("open table", within=self.timeouts.call - (time.monotonic() - started)):
                     table = service.create_table_if_not_exists(name)
                 self._tables[name] = table
             return table
+        finally:
+            self._lock.release()
 
     def _service_client(self) -> TableServiceClient:
         if self._service is None:
@@ -699,7 +813,8 @@ class Registry:
             options: dict[str, Any] = {
                 "retry_total": 3,
                 "retry_backoff_factor": 0.4,
-                "use_env_settings": azure_transport_options(None)["use_env_settings"],
+                "retry_backoff_max": 2.0,  # a wait is cut at the deadline anyway; keep it short
+                "transport": self.transport(),
                 **self._client_options,
             }
             if storage.connection_string:
@@ -709,6 +824,59 @@ class Registry:
                 assert self._credential is not None
                 self._service = TableServiceClient(storage.table_endpoint, credential=self._credential, **options)
         return self._service
+
+    def transport(self) -> _DeadlineTransport:
+        """The transport every Table call goes through: the attempt bounds set, the operation's deadline kept.
+
+        Built here, not left to the client: azure-core applies a client's ``connection_timeout`` and
+        ``read_timeout`` only to a transport it builds itself.
+        """
+        from azure.core.pipeline.transport import RequestsTransport
+
+        inner = RequestsTransport(
+            connection_timeout=self.timeouts.connect,
+            read_timeout=self.timeouts.read,
+            use_env_settings=azure_transport_options(None)["use_env_settings"],
+        )
+        return _DeadlineTransport(inner)
+
+    @contextlib.contextmanager
+    def _deadline(self, within: float | None = None) -> Iterator[None]:
+        """Every Table request on this thread inside the block ends within ``within`` seconds (the
+        call bound when None); a block inside another keeps the outer, earlier deadline too."""
+        bound = self.timeouts.call if within is None else within
+        deadline = time.monotonic() + bound
+        outer = _deadline.get()
+        token = _deadline.set(deadline if outer is None else min(outer, deadline))
+        try:
+            yield
+        finally:
+            _deadline.reset(token)
+
+    @contextlib.contextmanager
+    def _storage(self, action: str, *, within: float | None = None) -> Iterator[None]:
+        """One storage operation within its deadline (``within`` seconds, else the call bound);
+        Table storage being unreachable, silent or throttled is transient; everything else propagates."""
+        from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+        try:
+            with self._deadline(within):
+                yield
+        except _OutOfTimeError as err:
+            raise TransientError(
+                f"Table storage unavailable ({action}): no answer in time ({err})", system="storage"
+            ) from err
+        except (ServiceRequestError, ServiceResponseError) as err:
+            raise TransientError(
+                f"Table storage unavailable ({action}): {type(err).__name__}", system="storage"
+            ) from err
+        except HttpResponseError as err:
+            status = getattr(err, "status_code", None)
+            if status is not None and (status in (408, 429) or status >= 500):
+                raise TransientError(
+                    f"Table storage answered HTTP {status} ({action})", system="storage", status=status
+                ) from err
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -720,22 +888,67 @@ class Registry:
                 self._service = None
 
 
-@contextlib.contextmanager
-def _storage(action: str) -> Iterator[None]:
-    """Table storage being unreachable or throttled is transient; everything else propagates."""
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+class _OutOfTimeError(Exception):
+    """The storage operation's deadline passed. Not an AzureError on purpose: the SDK's retry policy
+    lets it through at once instead of counting it and sleeping before the next refused attempt."""
 
-    try:
-        yield
-    except (ServiceRequestError, ServiceResponseError) as err:
-        raise TransientError(f"Table storage unavailable ({action}): {type(err).__name__}", system="storage") from err
-    except HttpResponseError as err:
-        status = getattr(err, "status_code", None)
-        if status is not None and (status in (408, 429) or status >= 500):
-            raise TransientError(
-                f"Table storage answered HTTP {status} ({action})", system="storage", status=status
-            ) from err
-        raise
+
+class _DeadlineTransport:
+    """azure-core's requests transport, held to the deadline of the operation running on this thread.
+
+    Each attempt gets the configured connect/read timeouts cut to what is left of the deadline; an
+    attempt is not started (and a retry's wait not slept) past it. azure-data-tables' retry policy
+    bounds only the connect phase by its ``timeout``, so a read on a silent connection would
+    otherwise run its full read timeout again after the operation's time is up.
+    """
+
+    def __init__(self, inner: RequestsTransport) -> None:
+        self.inner = inner
+
+    @property
+    def connection_config(self) -> Any:
+        return self.inner.connection_config
+
+    def send(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
+        deadline = _deadline.get()
+        if deadline is None:
+            response: HttpResponse = self.inner.send(request, **kwargs)
+            return response
+        from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _OutOfTimeError("not sent")
+        config = self.inner.connection_config
+        kwargs["connection_timeout"] = min(kwargs.get("connection_timeout") or config.timeout, left)
+        kwargs["read_timeout"] = min(kwargs.get("read_timeout") or config.read_timeout, left)
+        try:
+            response = self.inner.send(request, **kwargs)
+        except (ServiceRequestError, ServiceResponseError) as err:
+            if time.monotonic() >= deadline:
+                # No attempt can follow: end the operation now, not after the retry policy's backoff.
+                raise _OutOfTimeError(type(err).__name__) from err
+            raise
+        return response
+
+    def sleep(self, duration: float) -> None:
+        deadline = _deadline.get()
+        if deadline is not None:
+            duration = min(duration, max(0.0, deadline - time.monotonic()))
+        time.sleep(duration)
+
+    def open(self) -> None:
+        self.inner.open()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __enter__(self) -> _DeadlineTransport:
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.inner.__exit__(*args)
 
 
 def write_marker(*, origin: str, summary: str) -> dict[str, Any]:

@@ -294,6 +294,10 @@ class DevOpsStandIn(StandInServer):
         self.send_continuation_header = True
         self.continuation_inclusive = True
         self.pipelines_page_cap: int | None = None
+        # A second group of an existing name: typeKey VariableGroupExistsException, which the server's
+        # exception map answers with 409 Conflict; kvlink users have reported a 400 with the same
+        # message too, so tests run both (see tests/test_create_race.py for the sources).
+        self.duplicate_name_status: Literal[400, 409] = 409
         self._state_lock = threading.RLock()
         self._orgs: dict[str, _Org] = {}
         self._last_stamp = datetime.min.replace(tzinfo=UTC)
@@ -1038,7 +1042,7 @@ class DevOpsStandIn(StandInServer):
                     continue
                 if project.id in _project_ids(other) and other["name"].casefold() == name.casefold():
                     raise _fail(
-                        409,
+                        self.duplicate_name_status,
                         f"Variable group with name {name} already exists.",
                         "VariableGroupExistsException",
                     )

@@ -20,7 +20,7 @@ from kvlink_core.credentials import EMULATOR_TOKEN, get_credential
 from kvlink_core.devops import DevOps
 from kvlink_core.keyvault import KeyVault
 from kvlink_core.model import Clock, Link, Policy
-from kvlink_core.registry import Registry
+from kvlink_core.registry import Registry, StorageTimeouts
 from kvlink_core.settings import HOSTING_VARIABLES, Settings
 from kvlink_core.sync import Engine
 from standins.azurite import Azurite
@@ -201,6 +201,7 @@ class Estate:
         devops_timeout: float = 20.0,
         holder_budget: float = 15.0,
         clock: Clock | None = None,
+        storage_timeouts: StorageTimeouts | None = None,
         **overrides: str,
     ) -> Engine:
         """An engine wired to the stand-ins, with retries tuned to test speed; ``clock`` drives its leases."""
@@ -216,6 +217,7 @@ class Estate:
                 settings,
                 lease_seconds=lease_seconds,
                 **({"clock": clock} if clock is not None else {}),
+                **({"timeouts": storage_timeouts} if storage_timeouts is not None else {}),
                 client_options={"raw_request_hook": self.table_calls, "retry_total": 1, "retry_backoff_factor": 0.05},
             ),
             max_wait=max_wait,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -577,3 +578,18 @@ class TestExportImport:
         assert code == 64 and "--vault before `export` belong to `links` alone" in err
         code, _, err = cli("links", "export", "--file", str(tmp_path / "no-such-dir" / "x.json"))
         assert code == 64 and "does not exist" in err
+
+
+def test_overlapping_runs_leave_the_log_levels_as_they_found_them():
+    """Two main() runs overlapping in one process (threads; the create race tests do it) end in either
+    order and the process's log levels are back as before: a run must not put back what another set."""
+    from kvlink_core.cli import SDK_LOGGERS, _logging
+
+    names = ["", "kvlink_core", "azure.identity", *SDK_LOGGERS]
+    before = {name: logging.getLogger(name or None).level for name in names}
+    first, second = _logging(0, io.StringIO()), _logging(2, io.StringIO())
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the run that started first ends first
+    second.__exit__(None, None, None)
+    assert {name: logging.getLogger(name or None).level for name in names} == before

@@ -198,6 +198,24 @@ class TestHandOff:
 
         assert apply.rounds == [["a", "b"]]  # the first event's queued work, with the second's
 
+    def test_a_queued_event_behind_a_holder_here_that_gave_up_waits_and_takes_over(self, estate, instances, fake_time):
+        """A holder of this process gave up without releasing (storage failed under it, the release too):
+        an event with busy="queue" must not leave its work to nobody -- it waits for the expiry and writes
+        it, with what was queued before. (A live holder, or one in another process, is left the queue.)"""
+        key = GroupKey(estate.org, 9)
+        gave_up = instances()
+        dead = gave_up.try_acquire(key)
+        assert dead is not None
+        gave_up.add_pending(key, [Observation(SecretState("a"))])  # queued behind it before it failed
+        gave_up.forget(dead.owner)  # what release_quietly does when the release itself fails
+        apply = Recorder()
+
+        result = run(Leases(instances(), max_wait=3 * LEASE), key, round_of("b"), apply, busy="queue")
+
+        assert result == "round 1" and apply.rounds == [["a", "b"]]
+        assert apply.holdings[0].lease.took_over
+        assert LEASE <= fake_time.now < LEASE + 3  # taken within a few polls of the expiry
+
     def test_a_holder_whose_lease_is_taken_over_after_its_write_leaves_the_queue(self, estate, instances, fake_time):
         """A round that outlived the lease (e.g. a vault's holder writing many groups) keeps its result;
         what was queued meanwhile is the new holder's, not lost and not written twice."""
