@@ -76,17 +76,7 @@ class LinkRequest:
         project = _name(fields, "project", check_project)
         group = _name(fields, "group", check_group_name)
         connection = _optional_text(fields, "serviceConnection")
-        include = _patterns(fields, "include", default=["*"])
-        if not include:
-            raise _bad("include", 'include needs at least one pattern (use ["*"] for every secret)')
-        policy = Policy(
-            include=tuple(include),
-            exclude=tuple(_patterns(fields, "exclude", default=[])),
-            tags=_tags(fields),
-            keep_expired=_flag(fields, "keepExpired", default=True),
-            mode=_mode(fields),
-        )
-        _check_marker(policy)
+        policy = _policy(fields)
         return cls(
             organization=organization,
             project=project,
@@ -529,8 +519,8 @@ def import_links(engine: Engine, links: list[Link], *, dry_run: bool = False) ->
     return ImportResult(tuple(created), tuple(updated), tuple(unchanged), dry_run)
 
 
-def _link_entry(entry: Any, settings: Settings) -> Link:
-    fields = _object(entry, _EXPORT_FIELDS)
+def _policy(fields: Mapping[str, Any]) -> Policy:
+    """A link's policy from a request body or an exported entry; refused when its marker would not fit."""
     include = _patterns(fields, "include", default=["*"])
     if not include:
         raise _bad("include", 'include needs at least one pattern (use ["*"] for every secret)')
@@ -542,6 +532,12 @@ def _link_entry(entry: Any, settings: Settings) -> Link:
         mode=_mode(fields),
     )
     _check_marker(policy)
+    return policy
+
+
+def _link_entry(entry: Any, settings: Settings) -> Link:
+    fields = _object(entry, _EXPORT_FIELDS)
+    policy = _policy(fields)
     kind = fields.get("kind") or "linked"
     if kind not in ("linked", "discovered"):
         raise _bad("kind", "kind must be 'linked' or 'discovered'")
