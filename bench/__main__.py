@@ -94,7 +94,8 @@ def audit_section(result: dict) -> list[str]:
     if s:
         lines += [
             "Speed-up over a sequential audit that lists each vault once: "
-            f"**{s['seconds'] / k['seconds']:.1f}×** (this one is CPU-bound on this 2-core machine: see the README).",
+            f"**{s['seconds'] / k['seconds']:.1f}×** "
+            "(this one is CPU-bound on this 2-core machine: see docs/benchmarks.md).",
         ]
     calls = k["calls"]
     gets, puts, pages = calls.get("devops GET", 0), calls.get("devops PUT", 0), calls.get("keyvault GET", 0)
@@ -278,7 +279,7 @@ def main() -> None:
 
 
 def profile_audit(*, full: bool) -> None:
-    """kvlink's audit only, under cProfile: where its CPU goes (the README says it is CPU-bound here)."""
+    """kvlink's audit only, under cProfile: where its CPU goes (docs/benchmarks.md says it is CPU-bound here)."""
     text = RESULTS / "audit_profile.txt"
     shape = [] if full else ["--groups", "200", "--vaults", "40", "--secrets", "20000", "--projects", "10"]
     out = str(RESULTS / "audit_profile.json")

@@ -38,7 +38,7 @@ targetScope = 'subscription'
 param environmentName string
 
 @minLength(1)
-@description('Region for every kvlink resource. The watched vaults must be in this region too (diagnostic settings stream only to an Event Hub in the vault\'s region), unless vaultsLocation moves the Event Hub: one azd environment per vault region (README "Several regions and subscriptions").')
+@description('Region for every kvlink resource. The watched vaults must be in this region too (diagnostic settings stream only to an Event Hub in the vault\'s region), unless vaultsLocation moves the Event Hub: one azd environment per vault region (docs/deploy.md, "Several regions and subscriptions").')
 @metadata({
   azd: {
     type: 'location'
@@ -180,7 +180,7 @@ module monitoring 'core/monitor/monitoring.bicep' = {
   }
 }
 
-// Tells someone when the nightly audit finds drift or errors, or stops running (README "Deploy to Azure").
+// Tells someone when the nightly audit finds drift or errors, or stops running (docs/operations.md, "Alerts and logs").
 module auditAlert 'core/monitor/audit-alert.bicep' = {
   name: 'audit-alert'
   scope: rg
@@ -214,7 +214,7 @@ module notifyTopic 'core/eventgrid/custom-topic.bicep' = if (enableNotifications
   }
 }
 
-// Every setting kvlink reads, by the names in the README's Configuration table. Not set in Azure, on
+// Every setting kvlink reads, by the names in the Configuration table (docs/deploy.md). Not set in Azure, on
 // purpose: KVLINK_EMULATOR (local stand-ins only), KVLINK_CA_BUNDLE (public CAs suffice) and
 // AZURE_DEVOPS_PAT (kvlink uses an Entra token of its managed identity for Azure DevOps).
 var appSettings = {
@@ -296,7 +296,7 @@ output SERVICE_API_URI string = functionApp.outputs.uri
 output AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output AZURE_FUNCTION_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 // The managed identity's name is its display name in Microsoft Entra ID: what Azure DevOps' "Add users"
-// dialog searches for (README "The one manual step").
+// dialog searches for (docs/deploy.md, "The one manual step").
 output AZURE_FUNCTION_IDENTITY_NAME string = identity.outputs.name
 output AZURE_EVENTGRID_IDENTITY_ID string = eventGridIdentity.outputs.id
 output AZURE_STORAGE_ACCOUNT_ID string = storage.outputs.id

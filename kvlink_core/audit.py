@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .devops import Pipeline, PipelineAccess
 from .errors import KvLinkError, UpstreamError
+from .marker import MarkerError, group_policy
 from .model import GroupKey, Link, Policy, SecretState, VaultKey
 from .names import check_secret
 from .plan import Decisions, Plan, decide, plan_group
@@ -491,6 +492,7 @@ class _Run:
     def reconcile_listed(self, link: Link | None, org: str, project: str, group: VariableGroup) -> None:
         """One listed Key Vault group: linked (its policy) or discovered (prune, or ignore)."""
         vault = (group.vault or "").lower()
+        link = self.restore(link, org, project, group)
         if link is None:
             link = Link(org, project, group.id, group.name, vault, Policy(), kind="discovered")
             with self.lock:
@@ -514,6 +516,45 @@ class _Run:
             self.record(link, group.variables, "ignored", ignored=True)
             return
         self.reconcile(link, group)
+
+    def restore(self, link: Link | None, org: str, project: str, group: VariableGroup) -> Link | None:
+        """A group the registry does not know as linked, carrying kvlink's marker, was linked through
+        kvlink: register it again under the policy it carries (the registry was emptied or replaced),
+        and say so. A marker kvlink cannot read is reported, never guessed: the group stays discovered."""
+        if link is not None and not link.prune_only:
+            return link
+        vault = (group.vault or "").lower()
+        try:
+            policy = group_policy(group.raw)
+        except MarkerError as err:
+            about = link or Link(org, project, group.id, group.name, vault, kind="discovered")
+            self.add(
+                Finding.about(
+                    about,
+                    "error",
+                    "link-marker-unreadable",
+                    f"the group's description holds a kvlink marker that cannot be read ({err}); "
+                    "kvlink treats the group as discovered (prune only) until it is linked again",
+                )
+            )
+            return link
+        if policy is None:
+            return link
+        restored = Link(org, project, group.id, group.name, vault, policy)
+        if not self.dry_run:
+            self.engine.registry.save_link(restored, previous=link)
+        logger.warning("Audit: group %s (%s/%s) carries kvlink's marker but was not linked", group.name, org, group.id)
+        what = "would register it again" if self.dry_run else "registered it again"
+        self.add(
+            Finding.about(
+                restored,
+                "warning",
+                "link-restored",
+                f"the registry had no link for this group, which carries kvlink's marker; the audit {what} "
+                f"under the policy in its description ({policy_summary(restored)})",
+            )
+        )
+        return restored
 
     def reconcile(self, link: Link, group: VariableGroup) -> None:
         self.count(link)

@@ -140,10 +140,42 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--project", help="the group's project (with --group-id)")
     _common(sync, force=True)
 
-    links = verb("links", help="list registered links")
+    links = verb(
+        "links",
+        help="list registered links; `links export` / `links import FILE` move them between environments",
+        description="List registered links (alone), or move them between environments: `links export` writes\n"
+        "every link with its policy as JSON, `links import FILE` registers the links of such a file.",
+    )
     links.add_argument("--vault", help="only links to this vault")
     links.add_argument("--organization", help="only links in this organization")
     links.add_argument("--json", action="store_true", help="print JSON")
+    moves = links.add_subparsers(dest="links_verb", metavar="[export | import FILE]", title="subverbs")
+    export = moves.add_parser(
+        "export",
+        parents=[verbose],
+        help="write every link with its policy as JSON (stdout, or --file)",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("--file", type=Path, metavar="FILE", help="write to FILE instead of stdout")
+    export.add_argument("--vault", dest="export_vault", metavar="VAULT", help="only links to this vault")
+    export.add_argument(
+        "--organization", dest="export_organization", metavar="ORGANIZATION", help="only links in this organization"
+    )
+    import_ = moves.add_parser(
+        "import",
+        parents=[verbose],
+        help="register the links of an export (idempotent; the registry only)",
+        description="Register the links of a `links export` file: each entry is checked as POST /api/links\n"
+        "checks a link (allow-lists included) before any is saved. A link already registered as it\n"
+        "is stays untouched. Only the registry is written; each group gets kvlink's marker at its\n"
+        "next sync or write.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    import_.add_argument("file", type=Path, metavar="FILE", help="a `links export` file (- for stdin)")
+    import_.add_argument("--dry-run", action="store_true", help="say what would change, write nothing (exit 2)")
+    import_.add_argument("--json", dest="import_json", action="store_true", help="print JSON")
 
     unlink = verb("unlink", help="forget a link (the group itself is left as it is)")
     _group_args(unlink, with_id=True)
@@ -395,6 +427,15 @@ def _links(args: argparse.Namespace, out: TextIO) -> int:
     from .app import get_engine
     from .linking import link_json, list_links
 
+    if args.links_verb is not None:
+        given = [flag for flag, on in (("--vault", args.vault), ("--organization", args.organization)) if on]
+        if args.json:  # `links import FILE --json` takes its own
+            given.append("--json")
+        if given:
+            hint = " (`links export --vault V --organization O` filters)" if args.links_verb == "export" else ""
+            raise UsageError(f"{', '.join(given)} before `{args.links_verb}` belong to `links` alone{hint}")
+        return _export(args, out) if args.links_verb == "export" else _import(args, out)
+
     found = list_links(get_engine(), vault=args.vault, organization=args.organization)
     if args.json:
         print(json.dumps({"links": [link_json(link) for link in found]}, indent=2), file=out)
@@ -411,6 +452,59 @@ def _links(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace, out: TextIO) -> int:
+    from .app import get_engine
+    from .linking import export_links
+
+    if args.file:
+        _check_writable(args.file, "--file")
+    found = export_links(get_engine(), vault=args.export_vault, organization=args.export_organization)
+    text = json.dumps(found, indent=2) + "\n"
+    if not args.file:
+        out.write(text)
+        return EXIT_OK
+    try:
+        args.file.write_text(text, encoding="utf-8")
+    except OSError as problem:  # checked before; the disk may still fill up
+        raise KvLinkError(f"--file: could not write {args.file}: {problem.strerror or problem}") from None
+    return EXIT_OK
+
+
+def _import(args: argparse.Namespace, out: TextIO) -> int:
+    from .app import get_engine
+    from .linking import import_links, parse_links
+
+    source = str(args.file)
+    try:
+        text = sys.stdin.read() if source == "-" else args.file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as problem:
+        raise UsageError(f"{source}: cannot read it: {getattr(problem, 'strerror', None) or problem}") from None
+    try:
+        document = json.loads(text)
+    except ValueError as problem:
+        raise UsageError(f"{source}: not JSON ({problem})") from None
+    engine = get_engine()
+    try:
+        links = parse_links(document, engine.settings)
+    except RequestError as problem:  # nothing is written until every entry is good
+        raise UsageError(f"{source}: {problem}") from None
+    result = import_links(engine, links, dry_run=args.dry_run)
+    if args.import_json:
+        print(json.dumps(result.as_json(), indent=2), file=out)
+    else:
+        verb = "would be " if args.dry_run else ""
+        for sign, state, found in (("+", "created", result.created), ("~", "updated", result.updated)):
+            for link in found:
+                where = f"{link.organization}/{link.project} group {link.group_name!r} (id {link.group_id})"
+                print(f"  {sign} {where} <- {link.vault}: {verb}{state}", file=out)
+        print(
+            f"{'dry run: ' if args.dry_run else ''}{_plural(len(links), 'link')}: {len(result.created)} "
+            f"{verb}created, {len(result.updated)} {verb}updated, {len(result.unchanged)} already registered",
+            file=out,
+        )
+    return EXIT_CHANGES if args.dry_run and result.changed else EXIT_OK
+
+
 def _unlink(args: argparse.Namespace, out: TextIO) -> int:
     from .app import get_engine
     from .linking import link_json, unlink
@@ -420,7 +514,8 @@ def _unlink(args: argparse.Namespace, out: TextIO) -> int:
         print(json.dumps({"unlinked": link_json(link)}, indent=2), file=out)
     else:
         print(
-            f"unlinked group {link.group_name!r} (id {link.group_id}); the group itself is unchanged",
+            f"unlinked group {link.group_name!r} (id {link.group_id}); its names are unchanged "
+            "(kvlink's marker is out of its description)",
             file=out,
         )
     return EXIT_OK

@@ -45,6 +45,7 @@ class Round:
     complete: bool = False  # the observations are a whole vault listing
     own: bool = False  # the caller's own round, not only others' queued work (set by the holder)
     gather: bool = False  # read the queue in this first round too
+    always: bool = False  # the caller's round runs even without observations (e.g. to take a marker out)
 
     def merge(self, more: Iterable[Observation]) -> None:
         for obs in more:
@@ -167,7 +168,7 @@ class Leases:
                 work = current or Round()
                 rows = self.registry.pending(key) if look_at_queue else []
                 work.merge(row.observation for row in rows)
-                if work.observations:
+                if work.observations or (work is first and first.always):
                     holding.keep_alive()
                     work.own = work is first
                     outcome = apply(work, holding)

@@ -5,6 +5,8 @@ existing one linked to the same vault), registers the link with its policy, and 
 the group with the matching secret names. ``sync`` reconciles whole groups from one
 full listing per vault. Both write only under the group's lease, refuse mass removals
 unless forced, and write nothing at all on a dry run (or with ``KVLINK_MODE=report``).
+Every link's policy also goes into its group's description (:mod:`kvlink_core.marker`);
+``export_links`` / ``parse_links`` / ``import_links`` move the registry between environments.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from .devops import KEY_VAULT_TYPE, VariableGroup
 from .errors import RequestError, UpstreamError
+from .marker import TooLongError, marked_group, render, with_marker
 from .model import GroupKey, Link, Policy
-from .names import check_group_name, check_organization, check_project, check_vault
+from .names import check_group_name, check_organization, check_pattern, check_project, check_vault
 from .plan import Plan, apply_plan, plan_group
 from .registry import Observation, write_marker
 from .sync import GroupOutcome
@@ -30,7 +33,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_PATTERN = re.compile(r"^[0-9A-Za-z\-*?\[\]!]{1,128}$")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _LINK_FIELDS = frozenset(
     {
@@ -82,6 +84,7 @@ class LinkRequest:
             keep_expired=_flag(fields, "keepExpired", default=True),
             mode=_mode(fields),
         )
+        _check_marker(policy)
         return cls(
             organization=organization,
             project=project,
@@ -215,6 +218,10 @@ def link_group(engine: Engine, request: LinkRequest, *, origin: str = "api") -> 
             f"group {existing.name!r} is linked to vault {existing.vault!r}, not {request.vault!r}",
             field="vault",
         )
+    try:
+        marked_group(existing.raw, request.policy)  # the marker must fit beside what people wrote
+    except TooLongError as err:
+        raise RequestError(409, "DescriptionTooLong", f"group {existing.name!r}: {err}", field="group") from None
     link = Link(
         organization=request.organization,
         project=request.project,
@@ -265,13 +272,17 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool, origin: str)
     link = Link(request.organization, reference["name"], 0, request.group, request.vault.lower(), request.policy)
     if dry_run:
         return LinkResult(link, plan, applied=False, would_create=True, changed=True)
+    # The policy travels with the group (kvlink_core.marker): the registry can be rebuilt from it.
+    description = with_marker(f"Secrets of Key Vault {request.vault}, kept in step by kvlink", request.policy)
     body = {
         "name": request.group,
-        "description": f"Secrets of Key Vault {request.vault}, kept in step by kvlink",
+        "description": description,
         "type": KEY_VAULT_TYPE,
         "providerData": {"serviceEndpointId": str(endpoint["id"]), "vault": request.vault.lower()},
         "variables": apply_plan({}, plan),
-        "variableGroupProjectReferences": [{"name": request.group, "description": "", "projectReference": reference}],
+        "variableGroupProjectReferences": [
+            {"name": request.group, "description": description, "projectReference": reference}
+        ],
     }
     try:
         # A create whose answer was lost comes back as the group found by name, so the link is saved.
@@ -330,14 +341,156 @@ def unlink(engine: Engine, organization: str, project: str, group_id: str | int)
     link = engine.registry.find_link(key)
     if link is None or link.project.lower() != project.lower():
         raise RequestError(404, "LinkNotFound", f"group {key} is not linked in project {project!r}", field="groupId")
+    if engine.settings.mode == "report":
+        logger.warning(
+            "KVLINK_MODE=report: group %s (%s) keeps kvlink's marker; the next audit would link it again",
+            link.group_name,
+            key,
+        )
+    else:
+        # Take the marker out first: a group still carrying it would be linked again by the next audit.
+        engine.write_group(link, [], origin="unlink", marker="remove")
     engine.registry.delete_link(key)
-    logger.info("Unlinked group %s (%s); the group itself is unchanged", link.group_name, key)
+    logger.info("Unlinked group %s (%s); its names are unchanged", link.group_name, key)
     return link
+
+
+# -- moving links between environments -------------------------------------------------------
+EXPORT_VERSION = 1
+_EXPORT_FIELDS = frozenset(
+    {
+        "organization",
+        "project",
+        "groupId",
+        "group",
+        "vault",
+        "include",
+        "exclude",
+        "tags",
+        "mode",
+        "keepExpired",
+        "kind",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    created: tuple[Link, ...]
+    updated: tuple[Link, ...]
+    unchanged: tuple[Link, ...]
+    dry_run: bool
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "dryRun": self.dry_run,
+            "created": [link_json(link) for link in self.created],
+            "updated": [link_json(link) for link in self.updated],
+            "unchanged": [link_json(link) for link in self.unchanged],
+        }
+
+
+def export_links(engine: Engine, *, vault: str | None = None, organization: str | None = None) -> dict[str, Any]:
+    """Every link (of a vault, of an organization) with its policy, in the shape :func:`parse_links` reads
+    (the links are those ``GET /api/links`` lists)."""
+    links = list_links(engine, vault=vault, organization=organization)
+    return {"version": EXPORT_VERSION, "links": [link_json(link) for link in links]}
+
+
+def parse_links(document: Any, settings: Settings) -> list[Link]:
+    """The links of an export, every entry checked as ``POST /api/links`` checks a link (allow-lists
+    included) before any is used; a :class:`RequestError` names the first bad entry."""
+    entries = document.get("links") if isinstance(document, Mapping) else document
+    if isinstance(document, Mapping):
+        version = document.get("version", EXPORT_VERSION)
+        if version != EXPORT_VERSION:
+            raise RequestError(
+                400, "InvalidImport", f"version {version!r} is not one this kvlink reads ({EXPORT_VERSION})"
+            )
+    if not isinstance(entries, list):
+        raise RequestError(400, "InvalidImport", 'expected {"links": [...]} as `kvlink links export` writes it')
+    links: list[Link] = []
+    seen: dict[GroupKey, int] = {}
+    for n, entry in enumerate(entries):
+        try:
+            link = _link_entry(entry, settings)
+        except RequestError as err:
+            raise RequestError(err.status, err.code, f"{_entry_name(n, entry)}: {err}", field=err.field) from None
+        if link.key in seen:
+            raise RequestError(
+                400, "InvalidImport", f"{_entry_name(n, entry)}: the same group as links[{seen[link.key]}]"
+            )
+        seen[link.key] = n
+        links.append(link)
+    return links
+
+
+def import_links(engine: Engine, links: list[Link], *, dry_run: bool = False) -> ImportResult:
+    """Register the links (idempotent: a link already registered as it is stays untouched).
+
+    Only the registry is written; the groups get their markers at their next sync or write."""
+    created: list[Link] = []
+    updated: list[Link] = []
+    unchanged: list[Link] = []
+    for link in links:
+        previous = engine.registry.find_link(link.key)
+        if previous == link:
+            unchanged.append(link)
+            continue
+        (created if previous is None else updated).append(link)
+        if not dry_run:
+            engine.registry.save_link(link, previous=previous)
+    if not dry_run:
+        logger.info("Imported links: %d created, %d updated, %d unchanged", len(created), len(updated), len(unchanged))
+    return ImportResult(tuple(created), tuple(updated), tuple(unchanged), dry_run)
+
+
+def _link_entry(entry: Any, settings: Settings) -> Link:
+    fields = _object(entry, _EXPORT_FIELDS)
+    include = _patterns(fields, "include", default=["*"])
+    if not include:
+        raise _bad("include", 'include needs at least one pattern (use ["*"] for every secret)')
+    policy = Policy(
+        include=tuple(include),
+        exclude=tuple(_patterns(fields, "exclude", default=[])),
+        tags=_tags(fields),
+        keep_expired=_flag(fields, "keepExpired", default=True),
+        mode=_mode(fields),
+    )
+    _check_marker(policy)
+    kind = fields.get("kind") or "linked"
+    if kind not in ("linked", "discovered"):
+        raise _bad("kind", "kind must be 'linked' or 'discovered'")
+    return Link(
+        organization=_organization(fields, settings),
+        project=_name(fields, "project", check_project),
+        group_id=parse_group_id(fields.get("groupId")),
+        group_name=_name(fields, "group", check_group_name),
+        vault=_vault(fields, settings),
+        policy=policy,
+        kind="discovered" if kind == "discovered" else "linked",
+    )
+
+
+def _entry_name(n: int, entry: Any) -> str:
+    """``links[3] (contoso/App group 'kv' id 7)``: enough to find the entry in the file."""
+    if not isinstance(entry, Mapping):
+        return f"links[{n}]"
+    where = "/".join(str(entry[k]) for k in ("organization", "project") if isinstance(entry.get(k), str))
+    group = f"group {entry['group']!r}" if isinstance(entry.get("group"), str) else ""
+    number = f"id {entry['groupId']}" if isinstance(entry.get("groupId"), int | str) else ""
+    detail = " ".join(part for part in (where, group, number) if part)
+    return f"links[{n}] ({detail})" if detail else f"links[{n}]"
 
 
 # -- helpers ---------------------------------------------------------------------------------
 def _sync_links(engine: Engine, links: list[Link], *, force: bool, dry_run: bool, origin: str) -> list[GroupOutcome]:
-    """Each vault listed once, however many of the groups link to it; each group written under its lease."""
+    """Each vault listed once, however many of the groups link to it; each group written under its lease,
+    with its link's marker (a link made before kvlink kept markers gets its marker here)."""
     outcomes: list[GroupOutcome] = []
     by_vault: dict[str, list[Link]] = {}
     for link in links:
@@ -349,7 +502,7 @@ def _sync_links(engine: Engine, links: list[Link], *, force: bool, dry_run: bool
         outcomes += engine.for_each(
             vault_links,
             lambda link, obs=observations: engine.write_group(
-                link, obs, complete=True, force=force, dry_run=dry_run, origin=origin
+                link, obs, complete=True, force=force, dry_run=dry_run, origin=origin, marker="write"
             ),
             origin=f"sync of vault {vault}",
             collect_failures=len(links) > 1,
@@ -464,6 +617,14 @@ def _optional_text(fields: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+def _check_marker(policy: Policy) -> None:
+    """The policy must fit in the marker the group carries (kvlink_core.marker)."""
+    try:
+        render(policy)
+    except TooLongError as err:
+        raise RequestError(400, "PolicyTooLong", str(err)) from None
+
+
 def _patterns(fields: Mapping[str, Any], name: str, *, default: list[str]) -> list[str]:
     value = fields.get(name, default)
     if value is None:
@@ -473,12 +634,8 @@ def _patterns(fields: Mapping[str, Any], name: str, *, default: list[str]) -> li
     if len(value) > 50:
         raise _bad(name, f"{name} may hold at most 50 patterns")
     for pattern in value:
-        if not _PATTERN.match(pattern):
-            raise _bad(
-                name,
-                f"pattern {pattern!r} is not valid: secret-name characters (0-9, a-z, A-Z, -) "
-                "and the glob characters * ? [ ] ! only",
-            )
+        if problem := check_pattern(pattern):
+            raise _bad(name, problem)
     return list(value)
 
 

@@ -11,6 +11,8 @@ import re
 
 _VAULT = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]$")
 _SECRET = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+# A policy's name pattern: secret-name characters and fnmatch's glob characters.
+_PATTERN = re.compile(r"^[0-9A-Za-z\-*?\[\]!]{1,128}$")
 _ORG = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,48}[A-Za-z0-9])?$")
 # Azure DevOps refuses these in project names (and they would need escaping in URLs).
 _PROJECT_FORBIDDEN = set('\\/:*?"<>;#${},+=[]|%&')
@@ -74,4 +76,20 @@ def check_group_name(name: str) -> str | None:
         return f"variable group name {name!r} is not valid: 1-256 characters without padding"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
         return f"variable group name {name!r} is not valid: it contains control characters"
+    return None
+
+
+def check_pattern(pattern: str) -> str | None:
+    if not _PATTERN.match(pattern):
+        return (
+            f"pattern {pattern!r} is not valid: secret-name characters (0-9, a-z, A-Z, -) "
+            "and the glob characters * ? [ ] ! only"
+        )
+    return None
+
+
+def check_tag(key: str, value: str | None) -> str | None:
+    """A required tag: Key Vault's tag names and values are at most 256 characters."""
+    if not key or len(key) > 256 or (value is not None and len(value) > 256):
+        return f"tag {key!r} must be 1-256 characters, and its value at most 256"
     return None

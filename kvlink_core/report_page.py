@@ -53,8 +53,13 @@ ADVICE: Mapping[str, str] = {
     "Manager service connection.",
     "service-connection-not-ready": "Open the service connection in Project settings and fix its "
     "authorization (Verify).",
+    "link-restored": "kvlink's registry had lost this link (a new or emptied storage account): it was "
+    "registered again from the policy in the group's description. Check that policy; keep a copy of the "
+    "registry with `kvlink links export`.",
+    "link-marker-unreadable": "Fix or delete the [kvlink ...] line in the group's description (Library), "
+    "then link the group again: kvlink writes a fresh marker.",
 }
-DEFAULT_ADVICE = "Read the message; the README's Nightly audit section explains each finding."
+DEFAULT_ADVICE = "Read the message; docs/how-it-works.md, Nightly audit, explains each finding."
 
 SEVERITIES: tuple[tuple[str, str], ...] = (("error", "Errors"), ("warning", "Warnings"), ("info", "Info"))
 _DRIFT = frozenset({"secret-deleted", "secret-disabled", "secret-missing", "write-failed"})

@@ -1,6 +1,6 @@
 """kvlink's settings: read once from the environment into an immutable value.
 
-Every setting has one name everywhere -- the code, the README table,
+Every setting has one name everywhere -- the code, the Configuration table in docs/deploy.md,
 ``local.settings.example.json`` and the Bicep app settings.
 """
 

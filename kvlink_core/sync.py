@@ -28,6 +28,7 @@ from .errors import (
 from .events import SecretEvent, parse_event
 from .leases import Holding, Leases, Round
 from .logs import parse_log_batch
+from .marker import TooLongError, marked_group, unmarked_group
 from .model import Link, SecretState, VaultKey
 from .names import check_secret
 from .notify import Notifier
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# What a write does with kvlink's marker in the group's description (see write_group).
+MarkerWork = Literal["keep", "write", "remove"]
 Status = Literal[
     "applied",
     "unchanged",
@@ -307,23 +310,29 @@ class Engine:
         dry_run: bool = False,
         known: VariableGroup | None = None,
         origin: str = "event",
+        marker: MarkerWork = "keep",
     ) -> GroupOutcome:
         """Apply what kvlink observed to one group, under its lease, coalescing with others.
 
         ``origin`` (event, log, api, cli, audit) is recorded with each write and its notification.
+        ``marker`` (see :mod:`kvlink_core.marker`): ``keep`` brings the policy's marker in step only
+        when the group is written anyway; ``write`` writes it even if no name changes (linking);
+        ``remove`` takes it out (unlinking)
         ``known`` (the group as a listing showed it) serves a dry run only: a write always starts
         from a read under the lease, since whatever a person changed since the listing would be lost.
         """
-        first = Round(complete=complete)
+        first = Round(complete=complete, always=marker == "remove")
         first.merge(observations)
         if dry_run or self.settings.mode == "report":
             group = known or self.devops.get_group(link.organization, link.project, link.group_id)
-            return self._apply(link, group, first, force=force, holding=None, origin=origin)
+            return self._apply(link, group, first, force=force, holding=None, origin=origin, marker=marker)
 
         def apply(round_: Round, holding: Holding) -> GroupOutcome:
             # The read is the first call under the lease, and it must end in time for the renewal.
             group = self.devops.get_group(link.organization, link.project, link.group_id, budget=holding.budget())
-            return self._apply(link, group, round_, force=force and round_.own, holding=holding, origin=origin)
+            return self._apply(
+                link, group, round_, force=force and round_.own, holding=holding, origin=origin, marker=marker
+            )
 
         return self.leases.run(
             link.key,
@@ -331,8 +340,8 @@ class Engine:
             apply,
             default=GroupOutcome(link, "unchanged"),
             queued=GroupOutcome(link, "queued"),
-            # A whole-group sync reports its own plan, so it waits for its turn.
-            busy="wait" if complete else "hand-off",
+            # A whole-group sync reports its own plan, and a marker is the caller's own work: they wait.
+            busy="wait" if complete or marker != "keep" else "hand-off",
         )
 
     def _apply(
@@ -344,6 +353,7 @@ class Engine:
         force: bool,
         holding: Holding | None,
         origin: str,
+        marker: MarkerWork = "keep",
     ) -> GroupOutcome:
         """Plan ``group`` (read under the lease, unless this is a dry run) and write it if it changes.
 
@@ -367,7 +377,8 @@ class Engine:
                 names=names,
             )
         plan = self._plan(link, group, work)
-        if not plan.changed:
+        marked = self._marked(link, group, marker if plan.changed or marker != "keep" else None)
+        if not plan.changed and (marked is None or not variables):
             return GroupOutcome(link, "unchanged", plan, names=names)
         refusal = None if force else removal_refusal(plan, len(variables), self.settings.max_removal_fraction)
         if refusal:
@@ -382,6 +393,8 @@ class Engine:
             logger.warning("Group %s (%s): %s", link.group_name, link.key, message)
             return GroupOutcome(link, "refused", plan, message, names=names)
         if holding is None:
+            if not plan.changed:  # only the marker would change: nothing to show in a plan
+                return GroupOutcome(link, "unchanged", plan, names=names)
             logger.info(
                 "Group %s (%s): would add %s, remove %s",
                 link.group_name,
@@ -393,7 +406,10 @@ class Engine:
         # Planning may have taken a while (it can ask Key Vault about names): prove the lease is still
         # ours and make the PUT, retries and Retry-After waits included, fit in what is left of it.
         budget = holding.renew()
-        self.devops.update_group(link.organization, group, variables_after, budget=budget)
+        self.devops.update_group(link.organization, marked or group, variables_after, budget=budget)
+        if not plan.changed:
+            logger.info("Group %s (%s): kvlink's marker %s (%s)", link.group_name, link.key, marker, origin)
+            return GroupOutcome(link, "applied", plan, names=tuple(variables_after))
         logger.info(
             "Group %s (%s): added %s, removed %s (%s)",
             link.group_name,
@@ -406,6 +422,24 @@ class Engine:
         self.registry.note_write(link, origin=origin, summary=summary)
         self.notifier.group_updated(link, plan, origin=origin)
         return GroupOutcome(link, "applied", plan, names=tuple(variables_after))
+
+    @staticmethod
+    def _marked(link: Link, group: VariableGroup, work: MarkerWork | None) -> VariableGroup | None:
+        """The group as it should be sent with the link's marker (written or removed), or None when its
+        description stays as read. A marker that would not fit is left out: the names matter more."""
+        from .devops import VariableGroup
+
+        if work is None or (link.prune_only and work != "remove"):
+            return None  # discovered groups are not kvlink's to label
+        if work == "remove":
+            raw = unmarked_group(group.raw)
+        else:
+            try:
+                raw = marked_group(group.raw, link.policy)
+            except TooLongError as err:
+                logger.warning("Group %s (%s): kvlink's marker left out: %s", link.group_name, link.key, err)
+                return None
+        return None if raw is None else VariableGroup(raw)
 
     def _plan(self, link: Link, group: VariableGroup, work: Round) -> Plan:
         """Plan the group; never remove a name just because a listing older than the group lacks it."""

@@ -63,7 +63,7 @@ kvlink watches the vaults of one region per azd environment. Keep only $hubLocat
 (azd env set KVLINK_VAULT_IDS ..., then azd provision), and for each other region:
   azd env new kvlink-<region> && azd env set AZURE_LOCATION <region> && azd env set KVLINK_VAULT_IDS <that region's vault ids> && azd up
 (where <region> has no Flex Consumption, keep AZURE_LOCATION a region that has it and set KVLINK_VAULTS_LOCATION <region>)
-(README 'Several regions and subscriptions'). Nothing was changed.
+(docs/deploy.md, 'Several regions and subscriptions'). Nothing was changed.
 "@
 }
 
@@ -174,7 +174,7 @@ try {
             --output none
     }
     catch {
-        throw "postdeploy: the deployment kvlink-vaults-$token failed (its error is above; README 'Troubleshooting' lists the usual ones). What it applied is named kvlink-${token}: run 'azd hooks run postdeploy' again once fixed (it changes nothing twice), or 'azd down' to remove it."
+        throw "postdeploy: the deployment kvlink-vaults-$token failed (its error is above; docs/troubleshooting.md lists the usual ones). What it applied is named kvlink-${token}: run 'azd hooks run postdeploy' again once fixed (it changes nothing twice), or 'azd down' to remove it."
     }
 }
 finally {
@@ -192,5 +192,5 @@ $checkSettings = "`$env:KVLINK_DEVOPS_ORGS='$($e['KVLINK_DEVOPS_ORGS'])'; `$env:
 if ($e['KVLINK_DEVOPS_PROJECTS']) { $checkSettings += " `$env:KVLINK_DEVOPS_PROJECTS='$($e['KVLINK_DEVOPS_PROJECTS'])';" }
 Write-Host ''
 Write-Host "Azure DevOps identity: $identity (client id $clientId)"
-Write-Host "Manual step (README 'The one manual step'): in each organization of KVLINK_DEVOPS_ORGS ($orgs), Organization settings > Users > Add users: that identity, access level Basic, added to every project it should audit (Project Readers); then in each project Pipelines > Library > Security: Administrator; and at least Reader on the service connections its groups use."
-Write-Host "Check: curl.exe -fsS '$uri/api/health'; $checkSettings python -m kvlink_core audit --dry-run --json  # with Azurite running; `"unreached`": [] means Azure DevOps answers (README 'Verify the deployment')"
+Write-Host "Manual step (docs/deploy.md, 'The one manual step'): in each organization of KVLINK_DEVOPS_ORGS ($orgs), Organization settings > Users > Add users: that identity, access level Basic, added to every project it should audit (Project Readers); then in each project Pipelines > Library > Security: Administrator; and at least Reader on the service connections its groups use."
+Write-Host "Check: curl.exe -fsS '$uri/api/health'; $checkSettings python -m kvlink_core audit --dry-run --json  # with Azurite running; `"unreached`": [] means Azure DevOps answers (docs/deploy.md, 'Verify the deployment')"

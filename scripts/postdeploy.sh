@@ -8,7 +8,7 @@
 # (kvlink's own topic, or the one the vault already has). Names carry AZURE_RESOURCE_TOKEN, so several
 # environments can watch one vault.
 # Everything is checked before anything changes: the vault ids, each vault's region (one environment per
-# region, README "Several regions and subscriptions"), then the resource providers are registered in
+# region, docs/deploy.md, "Several regions and subscriptions"), then the resource providers are registered in
 # every subscription involved, then one deployment applies the rest.
 # Idempotent: every step is an ARM PUT of a named resource; run it again after changing KVLINK_VAULT_IDS.
 # Needs: azd, az (logged in as someone who may change the vaults' access and diagnostic settings).
@@ -85,7 +85,7 @@ if [[ "${#elsewhere[@]}" -gt 0 ]]; then
     echo "(azd env set KVLINK_VAULT_IDS ..., then azd provision), and for each other region:"
     echo "  azd env new kvlink-<region> && azd env set AZURE_LOCATION <region> && azd env set KVLINK_VAULT_IDS <that region's vault ids> && azd up"
     echo "(where <region> has no Flex Consumption, keep AZURE_LOCATION a region that has it and set KVLINK_VAULTS_LOCATION <region>)"
-    echo "(README 'Several regions and subscriptions'). Nothing was changed."
+    echo "(docs/deploy.md, 'Several regions and subscriptions'). Nothing was changed."
   } >&2
   exit 1
 fi
@@ -198,7 +198,7 @@ if ! az deployment sub create \
   --template-file infra/vaults.bicep \
   --parameters "@$params" \
   --output none; then
-  echo "postdeploy: the deployment kvlink-vaults-$token failed (its error is above; README 'Troubleshooting' lists the usual ones). What it applied is named kvlink-$token: run 'azd hooks run postdeploy' again once fixed (it changes nothing twice), or 'azd down' to remove it." >&2
+  echo "postdeploy: the deployment kvlink-vaults-$token failed (its error is above; docs/troubleshooting.md lists the usual ones). What it applied is named kvlink-$token: run 'azd hooks run postdeploy' again once fixed (it changes nothing twice), or 'azd down' to remove it." >&2
   exit 1
 fi
 echo "Done. Secret events now reach on_secret_event; audit logs reach $EVENTHUB_NAME (diagnostic setting and event subscription kvlink-$token)."
@@ -210,5 +210,5 @@ check_settings="KVLINK_DEVOPS_ORGS='${KVLINK_DEVOPS_ORGS:-}' KVLINK_ALLOWED_VAUL
 [[ -z "${KVLINK_DEVOPS_PROJECTS:-}" ]] || check_settings+=" KVLINK_DEVOPS_PROJECTS='$KVLINK_DEVOPS_PROJECTS'"
 echo
 echo "Azure DevOps identity: $identity (client id ${AZURE_FUNCTION_IDENTITY_CLIENT_ID:-unknown})"
-echo "Manual step (README 'The one manual step'): in each organization of KVLINK_DEVOPS_ORGS (${KVLINK_DEVOPS_ORGS:-unset}), Organization settings > Users > Add users: that identity, access level Basic, added to every project it should audit (Project Readers); then in each project Pipelines > Library > Security: Administrator; and at least Reader on the service connections its groups use."
-echo "Check: curl -fsS '${SERVICE_API_URI:-<SERVICE_API_URI>}/api/health' && $check_settings python -m kvlink_core audit --dry-run --json  # with Azurite running; \"unreached\": [] means Azure DevOps answers (README 'Verify the deployment')"
+echo "Manual step (docs/deploy.md, 'The one manual step'): in each organization of KVLINK_DEVOPS_ORGS (${KVLINK_DEVOPS_ORGS:-unset}), Organization settings > Users > Add users: that identity, access level Basic, added to every project it should audit (Project Readers); then in each project Pipelines > Library > Security: Administrator; and at least Reader on the service connections its groups use."
+echo "Check: curl -fsS '${SERVICE_API_URI:-<SERVICE_API_URI>}/api/health' && $check_settings python -m kvlink_core audit --dry-run --json  # with Azurite running; \"unreached\": [] means Azure DevOps answers (docs/deploy.md, 'Verify the deployment')"

@@ -276,9 +276,24 @@ class Estate:
     def names(self, group_id: int) -> list[str]:
         return sorted(self.ado.variable_names(self.org, group_id), key=str.lower)
 
+    def empty_tables(self) -> None:
+        """As after a redeploy into a new storage account: kvlink's tables are gone and come back empty.
+
+        The engines made so far are closed (their clients point at the old tables): make new ones."""
+        from azure.data.tables import TableServiceClient
+
+        from kvlink_core import registry
+
+        self.close()
+        names = ("LINKS", "LEASES", "PENDING", "WORK", "AUDIT", "BROKEN")
+        with TableServiceClient.from_connection_string(self.env["AzureWebJobsStorage"]) as service:
+            for name in names:
+                service.delete_table(getattr(registry, f"{name}_TABLE"))
+
     def close(self) -> None:
         for engine in self._engines:
             engine.close()
+        self._engines.clear()
 
 
 @pytest.fixture

@@ -496,3 +496,104 @@ class TestCallCounts:
         assert self.vault_pages(estate) == 2  # listed once for both groups
         # links query; per group lease create + release; for the changed one, renewal + write marker
         assert estate.table_calls.by_method == {"GET": 1, "POST": 2, "PUT": 1, "DELETE": 2, "PATCH": 1}
+
+
+class TestMarker:
+    """The link's policy travels in the group's description (kvlink_core.marker); people's text stays."""
+
+    @staticmethod
+    def edit_description(estate, group: int, change) -> None:
+        """A person edits the description in the Library (the group's and its project reference's)."""
+
+        def edit(g: dict) -> None:
+            for holder in (g, *g["variableGroupProjectReferences"]):
+                holder["description"] = change(holder["description"])
+
+        estate.ado.edit_group(estate.org, group, edit)
+
+    def test_peoples_text_survives_every_kvlink_write(self, estate, api):
+        from standins.events import as_trigger_input, secret_event
+
+        seed(estate, "app-1")
+        _, body, _ = post_link(estate, include=["app-*"])
+        group = body["link"]["groupId"]
+        first = "[kvlink v1 mode=merge include=app-* expired=keep]"
+        assert estate.ado.group(estate.org, group)["description"] == (
+            f"Secrets of Key Vault {estate.vault}, kept in step by kvlink\n{first}"
+        )
+        mine = f"Owned by payments.\n{first}\nOn call: #payments"
+        self.edit_description(estate, group, lambda _: mine)
+
+        version = estate.kv.set_secret(estate.vault, "app-2")  # an event write
+        function_app.on_secret_event(as_trigger_input(secret_event(estate.vault, "app-2", version)))
+        stored = estate.ado.group(estate.org, group)
+        assert estate.names(group) == ["app-1", "app-2"]
+        assert stored["description"] == mine
+        assert [r["description"] for r in stored["variableGroupProjectReferences"]] == [mine]
+
+        # The marker deleted by hand comes back with the next write, after the person's text.
+        self.edit_description(estate, group, lambda text: text.replace(f"{first}\n", ""))
+        version = estate.kv.set_secret(estate.vault, "app-3")
+        function_app.on_secret_event(as_trigger_input(secret_event(estate.vault, "app-3", version)))
+        assert estate.ado.group(estate.org, group)["description"] == (
+            f"Owned by payments.\nOn call: #payments\n{first}"
+        )
+
+        # A new policy replaces the marker where it stands: never a second one.
+        status, _, _ = post_link(estate, include=["app-*"], exclude=["app-3"], serviceConnection=None)
+        assert status == 200
+        assert estate.ado.group(estate.org, group)["description"] == (
+            "Owned by payments.\nOn call: #payments\n[kvlink v1 mode=merge include=app-* exclude=app-3 expired=keep]"
+        )
+
+    def test_adopting_in_step_writes_the_marker(self, estate, api):
+        """Linking a group whose names are already right still writes the marker: it is the link's backup."""
+        seed(estate, "db-password")
+        group = estate.group("payments-kv", ["db-password"])
+
+        status, body, _ = post_link(estate, serviceConnection=None)
+
+        assert status == 200 and body["plan"]["add"] == [] and body["applied"] is True
+        assert estate.ado.group(estate.org, group)["description"] == "[kvlink v1 mode=merge include=* expired=keep]"
+
+    def test_a_policy_too_long_for_the_marker_is_refused_at_link_time(self, estate, api):
+        seed(estate, "db-password")
+        patterns = [f"team-{n:03d}-secrets-*" for n in range(50)]
+
+        status, body, _ = post_link(estate, include=patterns)
+
+        assert status == 400 and body["error"]["code"] == "PolicyTooLong"
+        assert "too long to keep in the group's description" in body["error"]["message"]
+        assert estate.ado.writes(estate.org) == [] and api.registry.links_for_vault(estate.vault) == []
+
+    def test_a_description_with_no_room_for_the_marker_is_refused(self, estate, api):
+        seed(estate, "db-password")
+        group = estate.group("payments-kv", ["db-password"])
+        self.edit_description(estate, group, lambda _: "x" * 1000)  # 1000 + the 46-character marker > 1024
+
+        status, body, _ = post_link(estate, serviceConnection=None)
+
+        assert status == 409 and body["error"]["code"] == "DescriptionTooLong"
+        assert "shorten the description" in body["error"]["message"]
+        assert estate.ado.writes(estate.org) == [] and api.registry.links_for_vault(estate.vault) == []
+
+    def test_unlink_takes_the_marker_out_so_the_audit_does_not_link_again(self, estate, api):
+        from kvlink_core.audit import run_audit
+
+        seed(estate, "app-1")
+        _, body, _ = post_link(estate, include=["app-*"])
+        group = body["link"]["groupId"]
+        self.edit_description(estate, group, lambda text: f"Team payments\n{text}")
+
+        status, _, _ = call(function_app.links, request("DELETE", f"links/{estate.org}/{estate.project}/{group}"))
+
+        assert status == 204
+        stored = estate.ado.group(estate.org, group)
+        text = f"Team payments\nSecrets of Key Vault {estate.vault}, kept in step by kvlink"
+        assert stored["description"] == text
+        assert estate.names(group) == ["app-1"]
+        estate.kv.set_secret(estate.vault, "app-2")
+        report = run_audit(api, store=False)
+        assert not [f for f in report.findings if f.kind == "link-restored"]
+        assert [link.kind for link in api.registry.links_for_vault(estate.vault)] == ["discovered"]
+        assert estate.names(group) == ["app-1"]

@@ -318,7 +318,8 @@ class TestHandEdits:
 
         after = ado.group(estate.org, edited)
         assert sorted(after["variables"]) == ["app-1", "app-2", "app-3", "hand-made"]
-        assert after["description"] == "owned by team payments"
+        # The person's text stays; the write adds the link's marker (kvlink_core.marker) on its own line.
+        assert after["description"] == "owned by team payments\n[kvlink v1 mode=merge include=app-* expired=keep]"
         assert {r["projectReference"]["name"] for r in after["variableGroupProjectReferences"]} == {
             estate.project,
             "Shared",
@@ -537,3 +538,125 @@ class TestScheduling:
         assert estate.names(drifted) == ["app-1", "app-2"]
         assert report.groups_changed == 1
         assert report.unreached == []
+
+
+# -- the registry rebuilt from Azure DevOps (kvlink_core.marker) ---------------------------------------
+def link_through_kvlink(engine, estate, group: str, **policy) -> int:
+    """Link a new group the way POST /api/links does; its policy goes into its description too."""
+    from kvlink_core.linking import LinkRequest, link_group
+
+    body = estate.link_body(group=group, **policy)
+    return link_group(engine, LinkRequest.from_json(body, engine.settings)).link.group_id
+
+
+class TestRegistryRebuilt:
+    """Issue 21: with kvlink's tables emptied, the audit re-registers every managed group under the policy
+    its description carries, says so, and the group follows its vault again."""
+
+    def test_every_managed_group_gets_its_names_under_its_own_policy(self, estate):
+        from standins.events import secret_event
+
+        kv, vault = estate.kv, estate.vault
+        for name in ("app-1", "db-1"):
+            kv.set_secret(vault, name)
+        engine = estate.engine()
+        apps = link_through_kvlink(engine, estate, "apps-kv", include=["app-*"])
+        rest = link_through_kvlink(engine, estate, "rest-kv", exclude=["app-*"], mode="mirror")
+        by_hand = estate.group("by-hand-kv", ["app-1"])  # nobody linked it: discovered, prune only
+        before = {link.group_id: link for link in engine.registry.list_links(organization=estate.org)}
+        assert set(before) == {apps, rest}
+
+        estate.empty_tables()
+        for name in ("app-2", "db-2", "other-1"):
+            kv.set_secret(vault, name)
+        engine = estate.engine()
+        assert engine.registry.list_links(organization=estate.org) == []
+
+        report = run_audit(engine, store=False)
+
+        # The policies came from the markers: the default (include *) would have given each group every name.
+        assert estate.names(apps) == ["app-1", "app-2"]
+        assert estate.names(rest) == ["db-1", "db-2", "other-1"]
+        assert estate.names(by_hand) == ["app-1"]
+        restored = sorted((f.group_id, f.severity) for f in report.findings if f.kind == "link-restored")
+        assert restored == [(apps, "warning"), (rest, "warning")]
+        assert report.summary()["groups"] == {
+            "linked": 2,
+            "discovered": 1,
+            "unreached": 0,
+            "newlyDiscovered": 1,
+            "changed": 2,
+        }
+        after = {link.group_id: link for link in engine.registry.list_links(organization=estate.org)}
+        assert after[apps] == before[apps] and after[rest] == before[rest]
+        assert after[by_hand].kind == "discovered"
+
+        # Events reach the groups again.
+        version = kv.set_secret(vault, "app-3")
+        engine.handle_event(secret_event(vault, "app-3", version))
+        assert estate.names(apps) == ["app-1", "app-2", "app-3"]
+        assert estate.names(rest) == ["db-1", "db-2", "other-1"]
+
+        again = run_audit(engine, store=False)
+        assert [f for f in again.findings if f.kind.startswith("link-")] == []
+
+    def test_dry_run_says_what_it_would_register(self, estate):
+        estate.kv.set_secret(estate.vault, "app-1")
+        engine = estate.engine()
+        apps = link_through_kvlink(engine, estate, "apps-kv", include=["app-*"])
+        estate.empty_tables()
+        estate.kv.set_secret(estate.vault, "app-2")
+        engine = estate.engine()
+
+        report = run_audit(engine, dry_run=True, store=False)
+
+        [finding] = [f for f in report.findings if f.kind == "link-restored"]
+        assert "would register it again" in finding.message and "include app-*" in finding.message
+        assert report.names_added == 1 and estate.names(apps) == ["app-1"]
+        assert engine.registry.list_links(organization=estate.org) == []
+
+    def test_a_marker_edited_into_nonsense_is_reported_not_guessed(self, estate):
+        estate.kv.set_secret(estate.vault, "app-1")
+        engine = estate.engine()
+        apps = link_through_kvlink(engine, estate, "apps-kv", include=["app-*"])
+
+        def garble(group: dict) -> None:
+            for holder in (group, *group["variableGroupProjectReferences"]):
+                holder["description"] = holder["description"].replace("include=app-*", "include=app-[x]")
+
+        estate.ado.edit_group(estate.org, apps, garble)
+        estate.empty_tables()
+        for name in ("app-2", "db-1"):
+            estate.kv.set_secret(estate.vault, name)
+        engine = estate.engine()
+
+        report = run_audit(engine, store=False)
+
+        [finding] = [f for f in report.findings if f.group_id == apps]
+        assert (finding.kind, finding.severity) == ("link-marker-unreadable", "error")
+        assert "cannot be read" in finding.message and "discovered" in finding.message
+        assert report.drift_remains  # a person must look: the CLI exits 2
+        assert estate.names(apps) == ["app-1"]  # neither app-2 (its policy) nor db-1 (a guess)
+        [link] = engine.registry.list_links(organization=estate.org)
+        assert (link.group_id, link.kind) == (apps, "discovered")
+        # And every night until someone fixes it -- never promoted by a guess.
+        again = run_audit(engine, store=False)
+        assert [f.kind for f in again.findings if f.group_id == apps] == ["link-marker-unreadable"]
+
+    def test_the_cli_table_shows_each_group_registered_again(self, estate, monkeypatch):
+        estate.kv.set_secret(estate.vault, "app-1")
+        apps = link_through_kvlink(estate.engine(), estate, "apps-kv", include=["app-*"])
+        estate.empty_tables()
+        estate.kv.set_secret(estate.vault, "app-2")
+        engine = estate.engine()
+        for key, value in estate.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(kvlink_app, "get_engine", lambda: engine)
+        out, err = io.StringIO(), io.StringIO()
+
+        code = cli_main(["audit"], out=out, err=err)
+
+        [row] = [line for line in out.getvalue().splitlines() if "link-restored" in line]
+        assert row.split()[:3] == ["warning", "link-restored", f"{estate.org}/{estate.project}/apps-kv"]
+        assert "registered it again under the policy in its description (merge; include app-*)" in row
+        assert code == 0 and estate.names(apps) == ["app-1", "app-2"]

@@ -99,7 +99,7 @@ class TestSyncListUnlink:
         code, out, _ = cli(
             "unlink", "--organization", estate.org, "--project", estate.project, "--group-id", str(group_id)
         )
-        assert code == 0 and "the group itself is unchanged" in out
+        assert code == 0 and "its names are unchanged" in out
         assert cli("links", "--vault", estate.vault)[1].strip() == "no links"
 
     def test_refused_sync_exits_2(self, estate, cli):
@@ -471,3 +471,108 @@ def test_output_cut_short_by_the_reader_is_not_a_traceback():
     stderr = child.stderr.read().decode()
     assert child.wait(timeout=120) == 1
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+class TestExportImport:
+    """`links export` and `links import`: links moved between environments (issue 21)."""
+
+    def link_two(self, estate, cli) -> None:
+        estate.kv.set_secret(estate.vault, "app-1")
+        estate.kv.set_secret(estate.vault, "db-1", tags={"team": "data"})
+        code, _, err = cli(*link_args(estate, "--include", "app-*", "--exclude", "app-old", "--mode", "mirror"))
+        assert code == 0, err
+        second = [*link_args(estate, "--tag", "team", "--drop-expired")]
+        second[second.index("payments-kv")] = "data-kv"
+        code, _, err = cli(*second)
+        assert code == 0, err
+
+    def test_export_then_import_into_empty_tables_gives_the_same_links(self, estate, cli, monkeypatch, tmp_path):
+        self.link_two(estate, cli)
+        # Azurite is shared by the whole run: this estate's organization is its share of the registry.
+        before = json.loads(cli("links", "--organization", estate.org, "--json")[1])["links"]
+        assert len(before) == 2
+        path = tmp_path / "links.json"
+
+        code, out, _ = cli("links", "export", "--organization", estate.org, "--file", str(path))
+        assert (code, out) == (0, "")
+        assert json.loads(path.read_text()) == {"version": 1, "links": before}
+        code, out, _ = cli("links", "export", "--vault", estate.vault)
+        assert code == 0 and json.loads(out) == {"version": 1, "links": before}
+
+        estate.empty_tables()
+        engine = estate.engine()
+        monkeypatch.setattr(kvlink_app, "get_engine", lambda: engine)
+        assert json.loads(cli("links", "--json")[1]) == {"links": []}
+
+        code, out, _ = cli("links", "import", str(path), "--dry-run")
+        assert code == 2 and out.count(": would be created") == 2 and "dry run: 2 links: 2 would be created" in out
+        assert json.loads(cli("links", "--json")[1]) == {"links": []}
+
+        code, out, _ = cli("links", "import", str(path))
+        assert code == 0 and "2 links: 2 created, 0 updated, 0 already registered" in out
+        assert json.loads(cli("links", "--organization", estate.org, "--json")[1])["links"] == before
+
+        code, out, _ = cli("links", "import", str(path), "--json")  # idempotent
+        assert code == 0 and json.loads(out) == {"dryRun": False, "created": [], "updated": [], "unchanged": before}
+        assert cli("links", "import", str(path), "--dry-run")[0] == 0  # nothing would change
+
+    def test_import_updates_a_changed_policy(self, estate, cli, tmp_path):
+        self.link_two(estate, cli)
+        exported = json.loads(cli("links", "export", "--organization", estate.org)[1])
+        exported["links"][0]["include"] = ["app-*", "web-*"]
+        path = tmp_path / "links.json"
+        path.write_text(json.dumps(exported))
+
+        code, out, err = cli("links", "import", str(path))
+
+        assert code == 0 and "1 updated" in out and "~ " in out, err
+        links = json.loads(cli("links", "--organization", estate.org, "--json")[1])["links"]
+        assert links[0]["include"] == ["app-*", "web-*"]
+
+    @pytest.mark.parametrize(
+        ("change", "said"),
+        [
+            ({"vault": "kv-elsewhere"}, "vault 'kv-elsewhere' is not in KVLINK_ALLOWED_VAULTS"),
+            ({"organization": "not-ours"}, "organization 'not-ours' is not in KVLINK_DEVOPS_ORGS"),
+            ({"mode": "fast"}, "mode must be 'merge' or 'mirror'"),
+            ({"groupId": "seven"}, "groupId 'seven' is not a number"),
+            ({"include": ["a/b"]}, "pattern 'a/b' is not valid"),
+            ({"colour": "red"}, "unknown field 'colour'"),
+        ],
+    )
+    def test_a_bad_entry_is_named_and_nothing_is_written(self, estate, cli, tmp_path, change, said):
+        entries = [
+            {**estate.link_body(group="first-kv"), "groupId": 1},
+            {**estate.link_body(group="second-kv"), "groupId": 2, **change},
+        ]
+        for entry in entries:
+            entry.pop("serviceConnection")
+        path = tmp_path / "links.json"
+        path.write_text(json.dumps({"links": entries}))
+
+        code, _, err = cli("links", "import", str(path))
+
+        assert code == 64
+        assert f"error: {path}: links[1] ({estate.org if 'organization' not in change else 'not-ours'}/" in err
+        assert "group 'second-kv'" in err and said in err
+        assert json.loads(cli("links", "--organization", estate.org, "--json")[1]) == {"links": []}
+
+    def test_unreadable_files_and_misplaced_flags_are_usage_errors(self, estate, cli, tmp_path):
+        bad = tmp_path / "bad.json"
+        bad.write_text("{not json")
+        code, _, err = cli("links", "import", str(bad))
+        assert code == 64 and "not JSON" in err
+        code, _, err = cli("links", "import", str(tmp_path / "absent.json"))
+        assert code == 64 and "cannot read it" in err
+        bad.write_text(json.dumps({"version": 2, "links": []}))
+        code, _, err = cli("links", "import", str(bad))
+        assert code == 64 and "version 2 is not one this kvlink reads" in err
+        twice = {**estate.link_body(), "groupId": 4}
+        twice.pop("serviceConnection")
+        bad.write_text(json.dumps({"links": [twice, twice]}))
+        code, _, err = cli("links", "import", str(bad))
+        assert code == 64 and "links[1]" in err and "the same group as links[0]" in err
+        code, _, err = cli("links", "--vault", estate.vault, "export")
+        assert code == 64 and "--vault before `export` belong to `links` alone" in err
+        code, _, err = cli("links", "export", "--file", str(tmp_path / "no-such-dir" / "x.json"))
+        assert code == 64 and "does not exist" in err

@@ -439,9 +439,9 @@ def test_postdeploy_ps1_prints_the_same_ending():
 
 
 def test_readme_log_queries_match_the_lines_kvlink_writes():
-    """The README's two Log Analytics queries look for the prefixes the audit and every group write log."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Alerts and logs", 1)[1].split("\n### ", 1)[0]
+    """The docs' two Log Analytics queries look for the prefixes the audit and every group write log."""
+    page = (ROOT / "docs" / "operations.md").read_text()
+    section = page.split("## Alerts and logs", 1)[1].split("\n## ", 1)[0]
     summaries, writes = re.findall(r"```kusto\n(.*?)```", section, flags=re.DOTALL)
     assert 'Message startswith "kvlink audit {"' in summaries
     assert 'logger.info("kvlink audit %s", json.dumps(' in (ROOT / "kvlink_core" / "audit.py").read_text()

@@ -169,7 +169,8 @@ class TestNewSecret:
         engine.handle_event(new_secret(estate, "api-key"))
 
         after = estate.ado.group(estate.org, group)
-        assert after["description"] == "owned by team payments"
+        # The person's text stays; kvlink's marker (kvlink_core.marker) joins it on a line of its own.
+        assert after["description"] == "owned by team payments\n[kvlink v1 mode=merge include=* expired=keep]"
         assert after["variables"]["db-password"]["contentType"] == "pem"
         assert after["variables"]["db-password"]["expires"] == "2030-01-01T00:00:00Z"
         assert {r["projectReference"]["name"] for r in after["variableGroupProjectReferences"]} == {

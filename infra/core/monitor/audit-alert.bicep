@@ -71,7 +71,7 @@ resource auditAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   kind: 'LogAlert'
   properties: {
     displayName: 'kvlink audit: drift, open errors, or no audit in 26 h'
-    description: 'The newest "kvlink audit" line reports drift (or unreached organizations), open errors or an unstored report, or no audit ran for 26 hours. See README "Troubleshooting".'
+    description: 'The newest "kvlink audit" line reports drift (or unreached organizations), open errors or an unstored report, or no audit ran for 26 hours. See docs/troubleshooting.md.'
     severity: 2
     enabled: true
     scopes: [
