@@ -296,12 +296,13 @@ def main() -> None:
     shape = Shape(**{k: getattr(args, k) for k in asdict(Shape())})
     fast = args.fast_latency > 0 and args.fast_latency != shape.latency
     latencies = [shape.latency, *([args.fast_latency] if fast else [])]
-    results: dict[str, Any] = {"shape": asdict(shape), "latencies": []}
+    limits = {"keyvault": KV_LIMIT, "devops": DEVOPS_LIMIT}
+    results: dict[str, Any] = {"shape": asdict(shape), "limits": limits, "latencies": []}
     estate: dict[str, Any] = {}
     for latency in latencies:
         at = replace(shape, latency=latency)
         print(f"estate: {at}", flush=True)
-        row: dict[str, Any] = {"latency": latency}
+        row: dict[str, Any] = {"latency": latency, "limits": limits}
         for kind in ("kvlink", "plain"):
             row[kind], estate = contend(kind, at)
             print(f"{kind} at {latency * 1000:.0f} ms: {_brief(row[kind])}", flush=True)
