@@ -429,6 +429,7 @@ def profile_audit(*, full: bool) -> None:
     """kvlink's audit only, under cProfile: where its CPU goes (docs/benchmarks.md says it is CPU-bound here)."""
     text = RESULTS / "audit_profile.txt"
     shape = [] if full else ["--groups", "200", "--vaults", "40", "--secrets", "20000", "--projects", "10"]
+    shape += ["--latency", "0.02", "--fast-latency", "0"]  # where CPU decides
     out = str(RESULTS / "audit_profile.json")
     subprocess.run(
         [sys.executable, "-m", "bench.audit_scale", "--skip-sequential", "--out", out, *shape],

@@ -108,7 +108,7 @@ def worker(kind: str) -> None:
 
         audit.AUDIT_GC_THRESHOLD = int(os.environ["BENCH_GC_THRESHOLD"])
     contender = {"kvlink": run_kvlink, "plain": run_plain}.get(kind) or (lambda: run_baseline(kind))
-    profile_to = os.environ.get("BENCH_PROFILE")
+    profile_to = os.environ.get("BENCH_PROFILE") if kind == "kvlink" else None  # kvlink's CPU, not a baseline's
     result = _profiled(contender, Path(profile_to)) if profile_to else contender()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)

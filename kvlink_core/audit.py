@@ -388,6 +388,7 @@ class _Run:
 
     # -- the run ------------------------------------------------------------------------
     def run(self) -> AuditReport:
+        self.engine.keyvault.prepare_listings()  # while the links are read
         try:
             # Organizations dropped from KVLINK_DEVOPS_ORGS are out of scope, links and all.
             links = {

@@ -119,6 +119,18 @@ class KeyVault:
             return pool.submit(listing)
         return self._event_loop().submit(self._alist_ranked(vault, rank))
 
+    def prepare_listings(self) -> None:
+        """Start the listing loop and its imports and session now, without waiting: a caller that
+        reads its own records first (the audit: its links) then starts its listings on a warm loop."""
+        if self._list_async:
+            self._event_loop().submit(self._aprepare())
+
+    async def _aprepare(self) -> None:
+        from azure.keyvault.secrets.aio import SecretClient  # noqa: F401 -- imported here, off the caller's path
+
+        if self._async_transport_factory is None:
+            await self._aiohttp_transport()
+
     async def _alist_ranked(self, vault: str, rank: int) -> Listed:
         try:
             return await self._alist_paged(vault, rank)
