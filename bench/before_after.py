@@ -69,6 +69,11 @@ def verdict(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
+def _as_run(run: dict[str, Any]) -> tuple[float, str, bool]:
+    """As they ran: by latency, then run by run, before and after alternated."""
+    return (-run["latency"], run["label"].split("run ")[-1], run["label"].startswith("after"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", nargs="+", type=Path, required=True)
@@ -83,8 +88,7 @@ def main() -> None:
     result["before_after"] = {
         "title": args.title,
         "how": args.how,
-        # as they ran: before and after alternated, run by run
-        "runs": sorted(before + after, key=lambda r: (-r["latency"], r["label"].split("run ")[-1], r["label"] > "b")),
+        "runs": sorted(before + after, key=_as_run),
         "verdict": verdict(before, after),
     }
     args.into.write_text(json.dumps(result, indent=2))
