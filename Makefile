@@ -2,7 +2,8 @@
 # Each sets up what it needs first:
 # a virtualenv with pinned Python dependencies, Azurite (npm) under tools/, and for `make test`
 # checkov in its own virtualenv (tools/checkov-venv) so its pins never meet the app's,
-# Debian's Chromium for the report page's browser test, and Debian's shellcheck for the scripts.
+# Debian's Chromium for the report page's browser test, Debian's shellcheck for the scripts, and
+# a Python 3.13 virtualenv (.venv313) for the worker tier, which runs kvlink inside the Functions worker.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,8 +13,10 @@ CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV := tools/checkov-venv
 CHECKOV_STAMP := $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
 CHECKOV_REPORT := $(CHECKOV_VENV)/report.json
+VENV313 := .venv313
+STAMP313 := $(VENV313)/.deps-installed
 
-.PHONY: setup demo serve test lint infra-check shellcheck browser bench clean
+.PHONY: setup demo serve test test-worker lint infra-check shellcheck browser bench clean
 
 setup: $(STAMP) $(AZURITE)
 
@@ -22,6 +25,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# Python 3.13 (what Azure runs) found by scripts/find-python313.sh; fails saying where it looked.
+$(STAMP313): requirements.txt requirements-worker.txt
+	python313="$$(bash scripts/find-python313.sh)" && "$$python313" -m venv $(VENV313)
+	$(VENV313)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(VENV313)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-worker.txt
 	touch $@
 
 $(AZURITE): tools/package.json tools/package-lock.json
@@ -65,11 +75,16 @@ shellcheck:
 	bash scripts/install-shellcheck.sh
 	shellcheck scripts/*.sh scripts/lib/*.sh
 
-test: lint infra-check shellcheck browser
+# The worker tier: every trigger as the host sends it, through azure_functions_runtime on 3.13,
+# with the main suite's stand-ins and Azurite (its fixtures loaded as a plugin).
+test-worker: $(STAMP313) $(AZURITE)
+	PYTHONPATH=. $(VENV313)/bin/python -m pytest -p tests.conftest tests_worker
+
+test: lint infra-check shellcheck browser test-worker
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) tools/node_modules .kvlink-serve .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) $(VENV313) $(CHECKOV_VENV) tools/node_modules .kvlink-serve .pytest_cache .mypy_cache .ruff_cache .coverage
 
 bench: setup
 	$(BIN)/python -m bench

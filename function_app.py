@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List  # noqa: UP035 -- the worker needs typing.List (on_vault_log)
 
 import azure.functions as func
 
 from kvlink_core import api
 from kvlink_core import app as kvlink
+
+# The worker logs at INFO; the SDKs' per-request lines stay out unless KVLINK_SDK_LOG_LEVEL asks for them.
+kvlink.configure_host_logging()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -21,7 +24,20 @@ def links(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="sync", methods=["POST"])
 def sync(req: func.HttpRequest) -> func.HttpResponse:
     """Reconcile whole groups -- every group of a vault, or one group -- from a full listing."""
-    return _http(api.sync(req.get_body()))
+    return _http(api.sync(req.get_body(), req.params))
+
+
+@app.route(route="sync/{jobId}", methods=["GET"])
+def sync_status(req: func.HttpRequest) -> func.HttpResponse:
+    """A queued sync's status (POST /api/sync answered 202 with this Location)."""
+    return _http(api.sync_status(req.route_params.get("jobId", "")))
+
+
+@app.queue_trigger(arg_name="message", queue_name="kvlink-sync", connection="AzureWebJobsStorage")
+def run_sync_job(message: func.QueueMessage) -> None:
+    """A sync too long for an HTTP answer. Raising leaves the message to be delivered again (after
+    five deliveries the host moves it to kvlink-sync-poison); the job's row says how far it got."""
+    kvlink.run_sync_job(message.get_body(), dequeue_count=message.dequeue_count or 1)
 
 
 @app.route(route="audit/latest", methods=["GET"])
@@ -74,8 +90,13 @@ def on_secret_event(event: func.EventGridEvent) -> None:
     connection="KVLINK_EVENTHUB",
     cardinality="many",
 )
-def on_vault_log(events: list[func.EventHubEvent]) -> None:
+def on_vault_log(events: List[func.EventHubEvent]) -> None:  # noqa: UP006 -- see below
     """Key Vault audit logs: deletes, disables, recoveries and restores, which Event Grid never sends.
+
+    ``typing.List``, not ``list``: the Python worker refuses a builtin generic annotation
+    (``list[...]``) as "invalid non-type annotation" and then loads no function of the app at all
+    (azure_functions_runtime ``functions.py``; the 3.11 worker's ``typing_inspect`` is the same);
+    tests_worker/test_worker_lifecycle.py pins it.
 
     Event Hubs checkpoints a batch even when this fails, so the core persists the work first;
     the retry policy above re-runs a failed batch, and what is still queued after that is

@@ -37,7 +37,47 @@ targetScope = 'subscription'
 @description('Name of the azd environment; part of every resource name and the azd-env-name tag.')
 param environmentName string
 
+// Flex Consumption runs in these regions only; a region outside them would fail late, after the resource
+// group and storage exist. The list, and the @allowed way of restricting azd's location prompt, are those of
+// Microsoft's azd sample Azure-Samples/functions-quickstart-python-http-azd, infra/main.bicep at commit
+// 7ed4638bc03858a3b2657f0dbbdd1db0af103ebb (2025-11-24; the list as it has stood since fe29236, 2025-05-06).
+// `az functionapp list-flexconsumption-locations` gives today's list. vaultsLocation stays free: the vaults
+// may be anywhere, only the app needs Flex Consumption.
 @minLength(1)
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'eastus2euap'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @description('Region for every kvlink resource. The watched vaults must be in this region too (diagnostic settings stream only to an Event Hub in the vault\'s region), unless vaultsLocation moves the Event Hub: one azd environment per vault region (docs/deploy.md, "Several regions and subscriptions").')
 @metadata({
   azd: {
@@ -89,6 +129,21 @@ param vaultConcurrency int = 32
 @minValue(1)
 @maxValue(64)
 param devopsConcurrency int = 4
+
+@allowed([
+  'DEBUG'
+  'INFO'
+  'WARNING'
+  'ERROR'
+  'CRITICAL'
+])
+@description('KVLINK_SDK_LOG_LEVEL: level of the Azure SDK, httpx, urllib3 and aiohttp loggers in the app. WARNING keeps their per-request INFO lines out of Application Insights.')
+param sdkLogLevel string = 'WARNING'
+
+@description('KVLINK_SYNC_ASYNC_GROUPS: a POST /api/sync over more groups than this answers 202 and runs on the kvlink-sync queue.')
+@minValue(0)
+@maxValue(100000)
+param syncAsyncGroups int = 20
 
 @description('KVLINK_DEVOPS_URL: Azure DevOps base URL.')
 param devopsUrl string = 'https://dev.azure.com'
@@ -166,6 +221,11 @@ module storage 'core/storage/storage-account.bicep' = {
       deploymentContainerName
       deadLetterContainerName
     ]
+    // Long POST /api/sync runs go through this queue to run_sync_job (kvlink_core/workqueue.py SYNC_QUEUE);
+    // the host creates kvlink-sync-poison itself when a message is given up.
+    queues: [
+      'kvlink-sync'
+    ]
   }
 }
 
@@ -242,7 +302,9 @@ var appSettings = {
   KVLINK_EXPIRY_WARNING_DAYS: string(expiryWarningDays)
   KVLINK_VAULT_CONCURRENCY: string(vaultConcurrency)
   KVLINK_DEVOPS_CONCURRENCY: string(devopsConcurrency)
+  KVLINK_SYNC_ASYNC_GROUPS: string(syncAsyncGroups)
   KVLINK_NOTIFY_TOPIC_ENDPOINT: enableNotifications ? notifyTopic!.outputs.endpoint : ''
+  KVLINK_SDK_LOG_LEVEL: sdkLogLevel
 }
 
 module functionApp 'core/host/flex-function-app.bicep' = {
@@ -259,7 +321,7 @@ module functionApp 'core/host/flex-function-app.bicep' = {
     storageAccountName: storage.outputs.name
     deploymentContainerName: deploymentContainerName
     runtimeName: 'python'
-    runtimeVersion: '3.11'
+    runtimeVersion: '3.13'
     appSettings: appSettings
   }
 }

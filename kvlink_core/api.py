@@ -57,9 +57,18 @@ def links(method: str, route: Mapping[str, str], query: Mapping[str, str], body:
     return _guarded(lambda: _links(method.upper(), route, query, body))
 
 
-def sync(body: bytes) -> ApiResponse:
-    """``POST /api/sync``: reconcile whole groups from a full vault listing."""
-    return _guarded(lambda: _sync(body))
+def sync(body: bytes, query: Mapping[str, str] | None = None) -> ApiResponse:
+    """``POST /api/sync[?async=true]``: reconcile whole groups from a full vault listing.
+
+    200 with the result when it covers at most ``KVLINK_SYNC_ASYNC_GROUPS`` groups; otherwise (or
+    with ``?async=true``) 202 with a ``Location`` to poll, and the sync runs in ``run_sync_job``.
+    """
+    return _guarded(lambda: _sync(body, query or {}))
+
+
+def sync_status(job_id: str) -> ApiResponse:
+    """``GET /api/sync/{id}``: a queued sync's status; when done, the synchronous answer as ``result``."""
+    return _guarded(lambda: _sync_status(job_id))
 
 
 def audit_latest() -> ApiResponse:
@@ -144,13 +153,37 @@ def _one_link(engine: Any, parts: list[str | None]) -> ApiResponse:
     return ApiResponse(200, {"link": linking.link_json(link)})
 
 
-def _sync(body: bytes) -> ApiResponse:
-    from . import linking
-    from .app import get_engine
+def _sync(body: bytes, query: Mapping[str, str]) -> ApiResponse:
+    from . import jobs, linking
+    from .app import get_engine, get_sync_queue
 
+    asked = _query_flag(query, "async")
     engine = get_engine()
     request = linking.SyncRequest.from_json(_json_body(body), engine.settings)
-    return ApiResponse(200, linking.sync(engine, request).as_json())
+    links = linking.links_to_sync(engine, request)  # 404 now, not in a job
+    if asked or len(links) > engine.settings.sync_async_groups:
+        job = jobs.submit(engine, get_sync_queue(), request, total=len(links))
+        headers = {"Location": f"/api/sync/{job['id']}", "Retry-After": jobs.RETRY_AFTER}
+        return ApiResponse(202, job, headers)
+    return ApiResponse(200, linking.sync(engine, request, links=links).as_json())
+
+
+def _sync_status(job_id: str) -> ApiResponse:
+    from . import jobs
+    from .app import get_engine
+
+    job = jobs.status(get_engine(), job_id)
+    headers = {"Retry-After": jobs.RETRY_AFTER} if job["status"] in ("queued", "running") else {}
+    return ApiResponse(200, job, headers)
+
+
+def _query_flag(query: Mapping[str, str], name: str) -> bool:
+    value = (query.get(name) or "").strip().lower()
+    if value in ("", "false", "0", "no"):
+        return False
+    if value in ("true", "1", "yes"):
+        return True
+    raise RequestError(400, "InvalidQuery", f"?{name}= takes true or false, not {value!r}", field=name)
 
 
 def _json_body(body: bytes) -> Any:

@@ -1,4 +1,4 @@
-"""``python -m kvlink_core``: the command line, over the same settings and core as the functions.
+"""``kvlink`` (or ``python -m kvlink_core``): the command line, over the same settings and core as the functions.
 
 Each outcome has its own exit code (:data:`EXIT_CODES`), so a pipeline gate can tell "drift"
 from "could not look" and from "called wrongly". Everything the command line can check --
@@ -14,12 +14,15 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from . import __version__
+from .app import SDK_LOGGERS  # the SDKs log request and response headers at INFO (redacted, but noise): -vv
 from .errors import ConfigError, KvLinkError, RequestError
+from .smoke import Waits
 
 # Like `terraform plan -detailed-exitcode` for 0-2; 64 is EX_USAGE from sysexits.h. When several
 # apply, the first in this order wins: 64, 1, 2 -- "could not look" outranks "found drift".
@@ -28,7 +31,8 @@ EXIT_CODES = """\
 exit codes:
   0   done: nothing is left to change (applied, or a dry run found nothing)
   1   error, could not look: bad settings, Azure or storage failures, a vault,
-      project or organization not reached, a group whose write failed
+      project or organization not reached, a group whose write failed, a
+      smoke step that failed or whose wait ran out
   2   changes: a dry run (or KVLINK_MODE=report) found changes to make, or
       drift remains after an applying run (a repair the mass-removal guard
       refused, a group that needs a person)
@@ -43,6 +47,13 @@ Use --dry-run to only look, and set KVLINK_MODE=report for the first runs
 against a real estate: kvlink then plans and reports, and writes nothing.
 
 """
+
+SMOKE_WAITS = Waits()
+DEFAULT_JOB_WAIT = 1800.0  # host.json's functionTimeout (10 min) for each of a few deliveries
+JOB_POLL = 5.0  # seconds between two looks at a queued sync's status
+# How the command line waits on a queued sync (tests replace them to drive the wait without sleeping).
+_monotonic: Callable[[], float] = time.monotonic
+_sleep: Callable[[float], None] = time.sleep
 
 # The API's field names, as the command line spells them.
 FLAGS = {
@@ -60,8 +71,6 @@ FLAGS = {
     "dryRun": "--dry-run",
     "force": "--force",
 }
-# The SDKs log request and response headers at INFO (redacted, but noise): shown only with -vv.
-SDK_LOGGERS = ("azure", "httpx", "httpcore", "urllib3")
 
 
 class UsageError(Exception):
@@ -79,9 +88,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, usage=self.format_usage())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m kvlink_core") -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m kvlink_core",
+        prog=prog,
         description="Keep Azure DevOps variable groups linked to Azure Key Vault in step with the vault. "
         "Settings come from the environment (see the README); run `az login` first against real Azure.",
         epilog=EXIT_CODES,
@@ -138,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--group-id", type=int, help="one group (with --organization and --project)")
     sync.add_argument("--organization", help="the group's organization (with --group-id)")
     sync.add_argument("--project", help="the group's project (with --group-id)")
+    sync.add_argument(
+        "--async",
+        dest="queued",
+        action="store_true",
+        help="queue the sync for the deployed app's run_sync_job (as POST /api/sync?async=true does) and wait for it",
+    )
+    sync.add_argument("--job", metavar="ID", help="wait for a queued sync (POST /api/sync's 202 named it), alone")
+    sync.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help=f"with --async or --job: give up waiting after this long (default {DEFAULT_JOB_WAIT:.0f}); "
+        "the job goes on",
+    )
     _common(sync, force=True)
 
     links = verb(
@@ -198,6 +221,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the report page (the one GET /api/report serves) to FILE",
     )
 
+    smoke = verb(
+        "smoke",
+        help="prove the deployed app end to end: a canary secret must reach a group and leave it again",
+        description="With your own credentials (az login or AZURE_DEVOPS_PAT): create a canary secret with a\n"
+        "unique name in --vault, wait until the deployed app maps it into --group (Event Grid ->\n"
+        "on_secret_event), delete it and wait until the name leaves the group (audit log -> Event Hub\n"
+        "-> on_vault_log), then purge it. Prints each step's time; a wait that runs out says what to\n"
+        "check. Needs Set, Delete, List (and Purge) on the vault's secrets and read access to the group.\n"
+        "It writes only the canary, never a group.",
+        epilog="smoke exits 0 when the canary reached the group and left it, 1 when a step failed or a\n"
+        "wait ran out (what it made is removed either way), 64 on a usage error.\n\n" + EXIT_CODES,
+    )
+    smoke.add_argument("--vault", required=True, help="the Key Vault to put the canary in")
+    smoke.add_argument(
+        "--group",
+        required=True,
+        metavar="ORG/PROJECT/ID",
+        help="the linked Key Vault group that should receive it (its numeric id)",
+    )
+    smoke.add_argument(
+        "--appear-timeout",
+        type=float,
+        default=SMOKE_WAITS.appear,
+        metavar="SECONDS",
+        help=f"how long the name may take to reach the group (default {SMOKE_WAITS.appear:.0f})",
+    )
+    smoke.add_argument(
+        "--leave-timeout",
+        type=float,
+        default=SMOKE_WAITS.leave,
+        metavar="SECONDS",
+        help=f"how long it may take to leave it; logs arrive up to ~10 minutes late (default {SMOKE_WAITS.leave:.0f})",
+    )
+    smoke.add_argument(
+        "--poll",
+        type=float,
+        default=SMOKE_WAITS.poll,
+        metavar="SECONDS",
+        help=f"seconds between two reads of the group (default {SMOKE_WAITS.poll:.0f})",
+    )
+
     verb(
         "demo",
         help="run the local end-to-end demo against the stand-ins (development checkout only)",
@@ -224,9 +288,38 @@ def _common(parser: argparse.ArgumentParser, *, force: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    """Run one command line; the exit code is returned, for ``sys.exit``.
+
+    The ``kvlink`` console script (pyproject.toml) and ``python -m kvlink_core`` both call this with
+    no arguments, so both behave the same, down to a reader leaving early.
+    """
     err = err or sys.stderr
-    parser = build_parser()
+    if out is not None:
+        return _main(argv, out, err)
+    try:
+        try:
+            return _main(argv, sys.stdout, err)
+        finally:
+            # The process ends here: close the clients it opened, or aiohttp reports an "Unclosed client
+            # session" on stderr at exit after every audit or sync.
+            from .app import reset
+
+            reset()
+            sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below (--help exits through here too)
+    except BrokenPipeError:
+        # The reader went away (`kvlink links | head -1`): stop quietly, as Unix tools do; Python would
+        # report the pipe again when it flushes stdout at exit, so point stdout at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+def _prog() -> str:
+    """How the user called kvlink, for usage lines: the installed command, or the module."""
+    return "kvlink" if Path(sys.argv[0]).stem == "kvlink" else "python -m kvlink_core"
+
+
+def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
+    parser = build_parser(_prog())
     try:
         args = parser.parse_args(argv)
     except UsageError as problem:
@@ -244,10 +337,11 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return _demo(err)
     commands: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
         "link": _link,
-        "sync": _sync,
+        "sync": lambda parsed, stdout: _sync(parsed, stdout, err),
         "links": _links,
         "unlink": _unlink,
         "audit": lambda parsed, stdout: _audit(parsed, stdout, err),
+        "smoke": _smoke,
     }
     try:
         return commands[args.verb](args, out)
@@ -369,31 +463,85 @@ def _link(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_CHANGES if dry and result.plan.changed else EXIT_OK
 
 
-def _sync(args: argparse.Namespace, out: TextIO) -> int:
+def _sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .app import get_engine
-    from .linking import SyncRequest, outcome_json, sync
+    from .linking import SyncRequest, links_to_sync, sync
 
+    if args.wait is None:
+        args.wait = DEFAULT_JOB_WAIT
+    elif not (args.queued or args.job is not None):
+        raise UsageError("--wait goes with --async or --job: a plain sync runs here and waits for nothing")
+    if args.wait <= 0:
+        raise UsageError(f"--wait must be a positive number of seconds, not {args.wait:g}")
+    if args.job is not None:
+        others = [args.queued, args.vault, args.group_id is not None, args.organization, args.project]
+        if any(others) or args.force or args.dry_run:
+            raise UsageError("--job waits for a queued sync; it takes no other sync flag but --wait and --json")
+        return _await_job(get_engine(), args.job, args, out, err)
     body = _sync_body(args)
     engine = get_engine()
-    result = sync(engine, _request(lambda: SyncRequest.from_json(body, engine.settings)), origin="cli")
+    request = _request(lambda: SyncRequest.from_json(body, engine.settings))
+    if args.queued:
+        from . import jobs
+        from .app import get_sync_queue
+
+        links = links_to_sync(engine, request)
+        job = jobs.submit(engine, get_sync_queue(), request, total=len(links), origin="cli")
+        return _await_job(engine, job["id"], args, out, err)
+    return _sync_result(sync(engine, request, origin="cli").as_json(), args, out)
+
+
+def _await_job(engine: Any, job_id: str, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Poll a queued sync until it ends or ``--wait`` passes, one progress line on stderr per change."""
+    from . import jobs
+
+    started = _monotonic()
+    shown = None
+    while True:
+        job = jobs.status(engine, job_id)
+        elapsed = _monotonic() - started
+        progress = job["progress"]
+        line = f"sync job {job_id}: {job['status']}, {progress['done']}/{progress['total']} groups"
+        if line != shown:
+            print(f"{line} ({elapsed:.0f}s)", file=err)
+            shown = line
+        if job["status"] == "done":
+            return _sync_result(job["result"], args, out)
+        if job["status"] == "failed":
+            error = job.get("error") or {}
+            print(f"error: sync job {job_id} failed: {error.get('message', 'no reason recorded')}", file=err)
+            return EXIT_CHANGES if error.get("code") == "MassRemovalRefused" else EXIT_ERROR
+        if elapsed >= args.wait:
+            print(
+                f"error: sync job {job_id} is still {job['status']} after {elapsed:.0f}s (--wait); it goes on: "
+                f"wait again with `python -m kvlink_core sync --job {job_id}`, or GET /api/sync/{job_id}; "
+                "if it stays queued, check that the function app runs and run_sync_job is listed",
+                file=err,
+            )
+            return EXIT_ERROR
+        _sleep(min(JOB_POLL, max(args.wait - elapsed, 0.0)))
+
+
+def _sync_result(result: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
+    """Print a sync's answer (POST /api/sync's 200 body) and pick the exit code."""
     if args.json:
-        print(json.dumps(result.as_json(), indent=2), file=out)
+        print(json.dumps(result, indent=2), file=out)
     else:
-        for outcome in result.groups:
-            entry = outcome_json(outcome)
+        for entry in result["groups"]:
             link = entry["link"]
             line = f"{link['organization']}/{link['project']} group {link['group']!r} (id {link['groupId']}): "
-            print(line + outcome.status + (f" -- {outcome.message}" if outcome.message else ""), file=out)
+            message = entry.get("message")
+            print(line + entry["outcome"] + (f" -- {message}" if message else ""), file=out)
             if "plan" in entry:
                 _plan_table(entry["plan"], out)
-    statuses = {g.status for g in result.groups}
+    statuses = {g["outcome"] for g in result["groups"]}
     if "failed" in statuses:
         return EXIT_ERROR
     # Refused by the mass-removal guard, or the group changed under kvlink: the drift remains.
     if statuses & {"refused", "group-missing", "not-key-vault", "vault-changed"}:
         return EXIT_CHANGES
-    changes = any(g.plan is not None and g.plan.changed for g in result.groups)
-    return EXIT_CHANGES if result.dry_run and changes else EXIT_OK
+    changes = any((g.get("plan") or {}).get("add") or (g.get("plan") or {}).get("remove") for g in result["groups"])
+    return EXIT_CHANGES if result["dryRun"] and changes else EXIT_OK
 
 
 def _sync_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -565,6 +713,46 @@ def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return EXIT_ERROR
         print(f"report page: {args.html.resolve()}", file=err if args.json else out)
     return code
+
+
+def _smoke(args: argparse.Namespace, out: TextIO) -> int:
+    from .credentials import get_credential
+    from .devops import DevOps
+    from .keyvault import CanaryVault
+    from .names import check_vault
+    from .settings import Settings
+    from .smoke import Smoke, Target, parse_group
+
+    group = parse_group(args.group)
+    if group is None:
+        raise UsageError(f"--group must be ORG/PROJECT/ID with the group's numeric id, not {args.group!r}")
+    if problem := check_vault(args.vault):
+        raise UsageError(f"--vault: {problem}")
+    for flag, value in (("--appear-timeout", args.appear_timeout), ("--leave-timeout", args.leave_timeout)):
+        if not value > 0:
+            raise UsageError(f"{flag} must be a positive number of seconds, not {value:g}")
+    if not 0 < args.poll <= 60:
+        raise UsageError(f"--poll must be more than 0 and at most 60 seconds, not {args.poll:g}")
+    organization, project, group_id = group
+    # The operator's shell need not carry the app's allow-lists: the flags name the one vault and organization.
+    env = dict(os.environ)
+    for name, value in (("KVLINK_DEVOPS_ORGS", organization), ("KVLINK_ALLOWED_VAULTS", args.vault)):
+        if not (env.get(name) or "").strip():
+            env[name] = value
+    settings = Settings.from_env(env)
+    if not settings.vault_allowed(args.vault):
+        raise UsageError(f"--vault {args.vault} is not in KVLINK_ALLOWED_VAULTS: the app would ignore its events")
+    if not settings.org_allowed(organization):
+        raise UsageError(f"organization {organization} is not in KVLINK_DEVOPS_ORGS: the app would not touch it")
+    credential = get_credential(settings)
+    vault = CanaryVault(settings, credential, args.vault)
+    devops = DevOps(settings, None if settings.devops_pat else credential, attempts=3, retry_timeout=20.0)
+    waits = Waits(appear=args.appear_timeout, leave=args.leave_timeout, purge=SMOKE_WAITS.purge, poll=args.poll)
+    try:
+        return Smoke(Target(args.vault, organization, project, group_id), vault, devops, out, waits=waits).run()
+    finally:
+        vault.close()
+        devops.close()
 
 
 # Findings that mean the audit could not see or could not write part of the estate.

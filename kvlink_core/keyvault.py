@@ -564,3 +564,83 @@ def _retry_after(err: Any) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+class CanaryVault:
+    """The ``smoke`` verb's writes, made with the *operator's* credentials: one canary secret, created,
+    deleted and purged. kvlink's functions never use this class (they list properties only), and it
+    never reads a value back: existence is judged from metadata listings.
+    """
+
+    # What each write needs, said when Key Vault answers 403.
+    PERMISSIONS: Mapping[str, str] = {
+        "set": "the secret permission 'Set' (access policy) or the role 'Key Vault Secrets Officer' (RBAC)",
+        "delete": "the secret permission 'Delete' (access policy) or the role 'Key Vault Secrets Officer' (RBAC)",
+        "purge": "the secret permission 'Purge' (access policy) or a role with "
+        "Microsoft.KeyVault/vaults/secrets/purge/action (RBAC), and purge protection off",
+        "list": "the secret permission 'List' (access policy) or the role 'Key Vault Reader' (RBAC)",
+    }
+
+    def __init__(self, settings: Settings, credential: TokenCredential, vault: str, *, timeout: float = 20.0) -> None:
+        from azure.keyvault.secrets import SecretClient
+
+        self.vault = vault
+        self._client = SecretClient(
+            settings.vault_url(vault),
+            credential,
+            retry_total=2,
+            connection_timeout=timeout,
+            read_timeout=timeout,
+            verify_challenge_resource=not settings.emulator,
+            **azure_transport_options(settings.ca_bundle),
+        )
+
+    def create(self, name: str, value: str, *, tags: Mapping[str, str]) -> None:
+        self._call("set", name, lambda: self._client.set_secret(name, value, tags=dict(tags)))
+
+    def delete(self, name: str) -> None:
+        # The DELETE happens now; the poller is never waited on (its polling reads the deleted bundle).
+        self._call("delete", name, lambda: self._client.begin_delete_secret(name))
+
+    def exists(self, name: str) -> bool:
+        """Whether a live secret has this name (its versions' metadata; never its value)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        def versions() -> bool:
+            try:
+                return any(True for _ in self._client.list_properties_of_secret_versions(name))
+            except ResourceNotFoundError:
+                return False
+
+        return self._call("list", name, versions)
+
+    def deleted(self, name: str) -> bool:
+        """Whether the deletion has finished: the name is listed among the deleted secrets (metadata only)."""
+        wanted = name.lower()
+        return self._call(
+            "list",
+            name,
+            lambda: any((d.name or "").lower() == wanted for d in self._client.list_deleted_secrets()),
+        )
+
+    def purge(self, name: str) -> None:
+        self._call("purge", name, lambda: self._client.purge_deleted_secret(name))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, operation: str, name: str, call: Callable[[], T]) -> T:
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            return _translate(self.vault, f"{operation} secret {name} in", call)
+        except UpstreamError as err:
+            cause = err.__cause__
+            if err.status == 403 or (isinstance(cause, HttpResponseError) and _status(cause) == 403):
+                raise UpstreamError(
+                    "keyvault",
+                    403,
+                    f"vault {self.vault!r} refused to {operation} secret {name}: the operator needs "
+                    f"{self.PERMISSIONS[operation]}",
+                ) from err
+            raise

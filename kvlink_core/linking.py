@@ -11,10 +11,12 @@ Every link's policy also goes into its group's description (:mod:`kvlink_core.ma
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +124,15 @@ class SyncRequest:
         project = _name(fields, "project", check_project)
         group_id = parse_group_id(fields.get("groupId"))
         return cls(group=GroupKey(organization.lower(), group_id), project=project, dry_run=dry_run, force=force)
+
+    def as_json(self) -> dict[str, Any]:
+        """The body that asks for this sync again (a queued job stores it, and it is checked again when run)."""
+        body: dict[str, Any] = {"dryRun": self.dry_run, "force": self.force}
+        if self.vault:
+            body["vault"] = self.vault
+        elif self.group is not None:
+            body.update(organization=self.group.organization, project=self.project, groupId=self.group.group_id)
+        return body
 
 
 # -- results -------------------------------------------------------------------------------
@@ -304,20 +315,36 @@ def _create(engine: Engine, request: LinkRequest, *, dry_run: bool, origin: str)
     return LinkResult(link, plan, applied=True, created=True, changed=True)
 
 
-def sync(engine: Engine, request: SyncRequest, *, origin: str = "api") -> SyncResult:
-    """Reconcile whole groups: every group linked to a vault, or one group."""
-    dry_run = request.dry_run or engine.settings.mode == "report"
+def links_to_sync(engine: Engine, request: SyncRequest) -> list[Link]:
+    """The links a sync covers: every group linked to the vault, or the one group (404 when none)."""
     if request.vault:
         links = engine.registry.links_for_vault(request.vault)
         if not links:
             raise RequestError(404, "NoLinks", f"no group is linked to vault {request.vault!r}", field="vault")
-    else:
-        assert request.group is not None
-        found = engine.registry.find_link(request.group)
-        if found is None or (request.project and found.project.lower() != request.project.lower()):
-            raise RequestError(404, "LinkNotFound", f"group {request.group} is not linked", field="groupId")
-        links = [found]
-    outcomes = _sync_links(engine, links, force=request.force, dry_run=dry_run, origin=origin)
+        return links
+    assert request.group is not None
+    found = engine.registry.find_link(request.group)
+    if found is None or (request.project and found.project.lower() != request.project.lower()):
+        raise RequestError(404, "LinkNotFound", f"group {request.group} is not linked", field="groupId")
+    return [found]
+
+
+def sync(
+    engine: Engine,
+    request: SyncRequest,
+    *,
+    origin: str = "api",
+    links: list[Link] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SyncResult:
+    """Reconcile whole groups: every group linked to a vault, or one group.
+
+    ``progress(done, total)`` is called as each group finishes (a queued job records it).
+    """
+    dry_run = request.dry_run or engine.settings.mode == "report"
+    if links is None:
+        links = links_to_sync(engine, request)
+    outcomes = _sync_links(engine, links, force=request.force, dry_run=dry_run, origin=origin, progress=progress)
     return SyncResult(tuple(sorted({link.vault for link in links})), tuple(outcomes), dry_run)
 
 
@@ -488,10 +515,32 @@ def _entry_name(n: int, entry: Any) -> str:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _sync_links(engine: Engine, links: list[Link], *, force: bool, dry_run: bool, origin: str) -> list[GroupOutcome]:
+def _sync_links(
+    engine: Engine,
+    links: list[Link],
+    *,
+    force: bool,
+    dry_run: bool,
+    origin: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[GroupOutcome]:
     """Each vault listed once, however many of the groups link to it; each group written under its lease,
     with its link's marker (a link made before kvlink kept markers gets its marker here)."""
     outcomes: list[GroupOutcome] = []
+    finished = itertools.count(1)
+    counting = threading.Lock()
+
+    def write(link: Link, observations: list[Observation]) -> GroupOutcome:
+        try:
+            return engine.write_group(
+                link, observations, complete=True, force=force, dry_run=dry_run, origin=origin, marker="write"
+            )
+        finally:
+            if progress is not None:
+                with counting:
+                    done = next(finished)
+                progress(done, len(links))
+
     by_vault: dict[str, list[Link]] = {}
     for link in links:
         by_vault.setdefault(link.vault.lower(), []).append(link)
@@ -501,9 +550,7 @@ def _sync_links(engine: Engine, links: list[Link], *, force: bool, dry_run: bool
         observations = [Observation(state, at=started) for state in listing.values()]
         outcomes += engine.for_each(
             vault_links,
-            lambda link, obs=observations: engine.write_group(
-                link, obs, complete=True, force=force, dry_run=dry_run, origin=origin, marker="write"
-            ),
+            lambda link, obs=observations: write(link, obs),
             origin=f"sync of vault {vault}",
             collect_failures=len(links) > 1,
         )

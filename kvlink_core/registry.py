@@ -10,6 +10,7 @@
   few group writes instead of one read-modify-write each.
 * **vault work** -- secrets the diagnostic-log path must still decide, written before it acts.
 * **audit** -- the last 30 audit runs: summary, findings and per-group summaries.
+* **jobs** -- queued syncs (``POST /api/sync`` answered 202): request, state, progress, result.
 
 This is the only module that imports ``azure.data.tables``.
 """
@@ -49,6 +50,12 @@ PENDING_TABLE = "kvlinkpending"
 WORK_TABLE = "kvlinkvaultwork"
 AUDIT_TABLE = "kvlinkaudit"
 BROKEN_TABLE = "kvlinkbroken"  # groups announced as broken (kvlink.group.broken goes out once)
+JOBS_TABLE = "kvlinkjobs"
+# A job row is read and written inside an HTTP request (which has 230 s in all) and by the queue
+# worker between group writes: a storage call that hangs is cut off, not waited on for 300 s.
+_JOB_IO: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 15}
+# The audit's listing sizes only order its listings: a slow store must not hold the audit's start.
+_SIZES_IO: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 10}
 KEEP_RUNS = 30
 _BATCH = 100  # entities per Table transaction
 _BATCH_BYTES = 3 * 1024 * 1024  # a transaction's estimated size; the limit is 4 MiB
@@ -95,6 +102,25 @@ class WorkRow:
 class PendingRow:
     row_key: str
     observation: Observation
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """A queued sync as stored: ``status`` is queued, running, done or failed."""
+
+    id: str
+    status: str
+    request: Mapping[str, Any]
+    origin: str
+    created_at: datetime | None
+    updated_at: datetime | None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    done: int = 0
+    total: int = 0
+    error: Mapping[str, Any] | None = None
+    http_status: int | None = None  # the status the synchronous answer would have had, when it failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,7 +548,7 @@ class Registry:
         table = self._table(AUDIT_TABLE)
         try:
             with _storage("read listing sizes"):
-                entity = table.get_entity(_SIZES_PARTITION, _SIZES_ROW)
+                entity = table.get_entity(_SIZES_PARTITION, _SIZES_ROW, **_SIZES_IO)
         except ResourceNotFoundError:
             return {}
         return {str(vault): int(pages) for vault, pages in json.loads(_joined(entity, "Pages")).items()}
@@ -539,7 +565,9 @@ class Registry:
         table = self._table(AUDIT_TABLE)
         with _storage("save listing sizes"):
             table.upsert_entity(
-                {"PartitionKey": _SIZES_PARTITION, "RowKey": _SIZES_ROW, **rows[0]}, mode=UpdateMode.REPLACE
+                {"PartitionKey": _SIZES_PARTITION, "RowKey": _SIZES_ROW, **rows[0]},
+                mode=UpdateMode.REPLACE,
+                **_SIZES_IO,
             )
 
     # -- vault work (diagnostic-log path) -------------------------------------------------
@@ -615,6 +643,79 @@ class Registry:
             for key in healed:
                 with contextlib.suppress(ResourceNotFoundError):
                     table.delete_entity(key.organization, str(key.group_id))
+
+    # -- queued syncs ---------------------------------------------------------------------
+    def create_job(self, job_id: str, request: Mapping[str, Any], *, origin: str, total: int) -> None:
+        """The job's row, written before its queue message is sent: the request survives any instance."""
+        now = datetime.now(UTC)
+        entity = {
+            "PartitionKey": "job",
+            "RowKey": job_id,
+            "Status": "queued",
+            "Request": json.dumps(request),
+            "Origin": origin,
+            "CreatedAt": now,
+            "UpdatedAt": now,
+            "Attempts": 0,
+            "Done": 0,
+            "Total": total,
+        }
+        with _storage("record a queued sync"):
+            self._table(JOBS_TABLE).create_entity(entity, **_JOB_IO)
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Merge ``Status``, ``StartedAt``, ``Attempts``, ``Done``... into the job's row (``UpdatedAt`` = now)."""
+        from azure.data.tables import UpdateMode
+
+        entity: dict[str, Any] = {"PartitionKey": "job", "RowKey": job_id, "UpdatedAt": datetime.now(UTC)}
+        for name, value in fields.items():
+            entity[name] = json.dumps(value) if name == "Error" else value
+        with _storage("update a queued sync"):
+            self._table(JOBS_TABLE).upsert_entity(entity, mode=UpdateMode.MERGE, **_JOB_IO)
+
+    def job(self, job_id: str) -> JobRow | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            with _storage("read a queued sync"):
+                e = self._table(JOBS_TABLE).get_entity("job", job_id, **_JOB_IO)
+        except ResourceNotFoundError:
+            return None
+        return JobRow(
+            id=job_id,
+            status=str(e["Status"]),
+            request=json.loads(e["Request"]),
+            origin=str(e.get("Origin") or "api"),
+            created_at=parse_timestamp(e.get("CreatedAt")),
+            updated_at=parse_timestamp(e.get("UpdatedAt")),
+            started_at=parse_timestamp(e.get("StartedAt")),
+            finished_at=parse_timestamp(e.get("FinishedAt")),
+            attempts=int(e.get("Attempts") or 0),
+            done=int(e.get("Done") or 0),
+            total=int(e.get("Total") or 0),
+            error=json.loads(e["Error"]) if e.get("Error") else None,
+            http_status=int(e["HttpStatus"]) if e.get("HttpStatus") else None,
+        )
+
+    def save_job_result(self, job_id: str, result: Any) -> None:
+        """The finished sync's answer, in rows of its own partition (any size); written before ``done``."""
+        table = self._table(JOBS_TABLE)
+        partition = f"result|{job_id}"
+        rows = _report_rows(partition, "r", "Result", result)
+        with _storage("save a queued sync's result"):
+            # A job redone after its worker died may have left rows of an earlier answer: none may stay.
+            old = table.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"], **_JOB_IO
+            )
+            _in_batches(table, [("delete", {"PartitionKey": partition, "RowKey": e["RowKey"]}) for e in old], **_JOB_IO)
+            _in_report_transactions(table, rows, **_JOB_IO)
+
+    def job_result(self, job_id: str) -> Any:
+        table = self._table(JOBS_TABLE)
+        with _storage("read a queued sync's result"):
+            rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": f"result|{job_id}"}, **_JOB_IO)
+            text = "".join(_joined(e, "Result") for e in rows)  # row keys sort: r, r.0001, ...
+        return json.loads(text) if text else None
 
     # -- plumbing --------------------------------------------------------------------
     def _table(self, name: str) -> TableClient:
@@ -808,7 +909,7 @@ def _joined(entity: Mapping[str, Any], name: str) -> str:
     raise AssertionError("unreachable")
 
 
-def _in_report_transactions(table: TableClient, rows: Sequence[Mapping[str, Any]]) -> None:
+def _in_report_transactions(table: TableClient, rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> None:
     """Create rows of one partition in transactions within both limits: 100 entities and 4 MiB.
 
     The transactions create distinct rows, so they go a few at once: a large estate's report is a
@@ -827,14 +928,14 @@ def _in_report_transactions(table: TableClient, rows: Sequence[Mapping[str, Any]
     batches = [batch for batch in batches if batch]
     if len(batches) <= 1:
         for batch in batches:
-            table.submit_transaction(batch)
+            table.submit_transaction(batch, **kwargs)
         return
     with ThreadPoolExecutor(min(_REPORT_WRITERS, len(batches)), thread_name_prefix="kvlink-report") as pool:
-        for done in [pool.submit(table.submit_transaction, batch) for batch in batches]:
+        for done in [pool.submit(table.submit_transaction, batch, **kwargs) for batch in batches]:
             done.result()  # the first failure raises (the caller removes what was written)
 
 
-def _in_batches(table: TableClient, operations: Sequence[Any]) -> None:
+def _in_batches(table: TableClient, operations: Sequence[Any], **kwargs: Any) -> None:
     """Submit operations on one partition as transactions of at most 100 (Table storage's limit)."""
     for start in range(0, len(operations), _BATCH):
-        table.submit_transaction(list(operations[start : start + _BATCH]))
+        table.submit_transaction(list(operations[start : start + _BATCH]), **kwargs)

@@ -22,6 +22,8 @@ DEVELOPMENT_STORAGE = "UseDevelopmentStorage=true"
 # Set by the Functions platform, never by Core Tools (`func start`). App Service plans set
 # WEBSITE_INSTANCE_ID; Flex and Linux Consumption do not, but set the other three.
 HOSTING_VARIABLES = ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME", "CONTAINER_NAME", "WEBSITE_SKU")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_SDK_LOG_LEVEL = "WARNING"
 
 Mode = Literal["apply", "report"]
 
@@ -32,6 +34,7 @@ class StorageTarget:
 
     connection_string: str | None = None
     table_endpoint: str | None = None
+    queue_endpoint: str | None = None  # the async sync's queue (AzureWebJobsStorage__queueServiceUri)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,8 @@ class Settings:
     devops_concurrency: int = 4
     notify_topic_endpoint: str | None = None
     running_in_azure: bool = False
+    sdk_log_level: str = DEFAULT_SDK_LOG_LEVEL
+    sync_async_groups: int = 20  # a POST /api/sync over more groups than this answers 202 and runs queued
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -85,11 +90,12 @@ class Settings:
             problems.append(f"KVLINK_MODE must be 'apply' or 'report', not {mode!r}")
 
         hosting = [name for name in HOSTING_VARIABLES if get(name) is not None]
-        # The credential choice trusts only the WEBSITE_* variables: container runtimes on laptops
-        # set CONTAINER_NAME too, and there DefaultAzureCredential (az login) is the right one.
+        # Only the WEBSITE_* variables mean Azure: container runtimes and dev containers set
+        # CONTAINER_NAME too, and there the emulator and az login are the right ones. Flex always sets
+        # WEBSITE_SITE_NAME and WEBSITE_SKU beside CONTAINER_NAME, so it is still refused there.
         running_in_azure = any(name.startswith("WEBSITE_") for name in hosting)
         emulator = _flag(get("KVLINK_EMULATOR"), "KVLINK_EMULATOR", problems)
-        if emulator and hosting:
+        if emulator and running_in_azure:
             problems.append(
                 f"KVLINK_EMULATOR=1 is refused when running in Azure ({', '.join(hosting)} set): "
                 "it sends a fixed token and skips the challenge-resource check, meant only for local stand-ins"
@@ -113,9 +119,18 @@ class Settings:
         warning_days = _integer(get, "KVLINK_EXPIRY_WARNING_DAYS", default=30, low=0, high=3650, problems=problems)
         vault_concurrency = _integer(get, "KVLINK_VAULT_CONCURRENCY", default=32, low=1, high=256, problems=problems)
         devops_concurrency = _integer(get, "KVLINK_DEVOPS_CONCURRENCY", default=4, low=1, high=64, problems=problems)
+        sync_async_groups = _integer(
+            get, "KVLINK_SYNC_ASYNC_GROUPS", default=20, low=0, high=100_000, problems=problems
+        )
         notify = get("KVLINK_NOTIFY_TOPIC_ENDPOINT")
         if notify:
             problems += _check_url("KVLINK_NOTIFY_TOPIC_ENDPOINT", notify, template=False)
+
+        sdk_log_level = sdk_log_level_of(get("KVLINK_SDK_LOG_LEVEL"))
+        if sdk_log_level is None:
+            problems.append(
+                f"KVLINK_SDK_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {get('KVLINK_SDK_LOG_LEVEL')!r}"
+            )
 
         storage = _storage(env, problems)
         if problems:
@@ -139,6 +154,8 @@ class Settings:
             devops_concurrency=devops_concurrency,
             notify_topic_endpoint=notify,
             running_in_azure=running_in_azure,
+            sdk_log_level=sdk_log_level or DEFAULT_SDK_LOG_LEVEL,
+            sync_async_groups=sync_async_groups,
         )
 
     def vault_allowed(self, vault: str) -> bool:
@@ -159,6 +176,12 @@ class Settings:
 def get_settings() -> Settings:
     """The process's settings, parsed on first use (never at import time)."""
     return Settings.from_env()
+
+
+def sdk_log_level_of(value: str | None) -> str | None:
+    """KVLINK_SDK_LOG_LEVEL as a logging level name (unset: WARNING), or None when it is not one."""
+    level = (value or DEFAULT_SDK_LOG_LEVEL).strip().upper()
+    return level if level in LOG_LEVELS else None
 
 
 def _split(value: str | None) -> list[str]:
@@ -240,12 +263,19 @@ def _storage(env: Mapping[str, str], problems: list[str]) -> StorageTarget:
     connection = (env.get("AzureWebJobsStorage") or "").strip()
     if connection:
         return StorageTarget(connection_string=connection)
-    endpoint = (env.get("AzureWebJobsStorage__tableServiceUri") or "").strip()
     account = (env.get("AzureWebJobsStorage__accountName") or "").strip()
-    if endpoint:
-        if not endpoint.startswith("https://"):
-            problems.append(f"AzureWebJobsStorage__tableServiceUri must be an https:// URL, not {endpoint!r}")
-        return StorageTarget(table_endpoint=endpoint.rstrip("/"))
-    if account:
-        return StorageTarget(table_endpoint=f"https://{account}.table.core.windows.net")
+    endpoints: dict[str, str | None] = {}
+    # The names spelled out, so a search for a setting finds where it is read.
+    for service, name in (
+        ("table", "AzureWebJobsStorage__tableServiceUri"),
+        ("queue", "AzureWebJobsStorage__queueServiceUri"),
+    ):
+        endpoint = (env.get(name) or "").strip()
+        if endpoint and not endpoint.startswith("https://"):
+            problems.append(f"{name} must be an https:// URL, not {endpoint!r}")
+        if not endpoint and account:
+            endpoint = f"https://{account}.{service}.core.windows.net"
+        endpoints[service] = endpoint.rstrip("/") or None
+    if endpoints["table"]:
+        return StorageTarget(table_endpoint=endpoints["table"], queue_endpoint=endpoints["queue"])
     return StorageTarget(connection_string=DEVELOPMENT_STORAGE)

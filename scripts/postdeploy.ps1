@@ -16,7 +16,8 @@ foreach ($line in (azd env get-values)) {
 }
 $required = 'AZURE_ENV_NAME', 'AZURE_LOCATION', 'AZURE_SUBSCRIPTION_ID', 'AZURE_RESOURCE_GROUP', 'AZURE_RESOURCE_TOKEN',
     'AZURE_FUNCTION_APP_NAME', 'AZURE_FUNCTION_APP_ID', 'AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID', 'AZURE_EVENTGRID_IDENTITY_ID',
-    'AZURE_STORAGE_ACCOUNT_ID', 'EVENTGRID_DEADLETTER_CONTAINER', 'EVENTHUB_NAME', 'EVENTHUB_DIAGNOSTICS_RULE_ID', 'KVLINK_VAULT_IDS'
+    'AZURE_STORAGE_ACCOUNT_ID', 'EVENTGRID_DEADLETTER_CONTAINER', 'EVENTHUB_NAME', 'EVENTHUB_DIAGNOSTICS_RULE_ID', 'KVLINK_VAULT_IDS',
+    'SERVICE_API_URI'
 foreach ($name in $required) {
     if (-not $envValues[$name]) {
         throw "postdeploy: $name is not set in the azd environment; run 'azd provision' first (it records main.bicep's outputs)."
@@ -121,19 +122,40 @@ foreach ($vaultId in $vaultIds) {
     $vaults += @{ id = $vaultId; rbac = $rbacOf[$vaultId]; grantReader = $grant; topicName = $topicName; topicResourceGroup = $topicGroup }
 }
 
-# 5. Event Grid validates an AzureFunction endpoint against the app's function list: wait for on_secret_event.
-Write-Host "Waiting for $($e.AZURE_FUNCTION_APP_NAME) to list on_secret_event..."
-$listed = $false
-for ($attempt = 1; $attempt -le 20 -and -not $listed; $attempt++) {
+# 5. Event Grid validates an AzureFunction endpoint with the app's eventgrid_extension system key, which the
+#    host makes on its first start: wake the app (GET /api/health), then check until on_secret_event and the key
+#    are listed (postdeploy.sh says where this comes from). At most 30 checks, 15 s apart, each wake at most 20 s;
+#    the key's value is never read into the script (the query answers true or false).
+$checks, $interval = 30, 15
+$health = "$($e.SERVICE_API_URI.TrimEnd('/'))/api/health"
+$appName = $e.AZURE_FUNCTION_APP_NAME
+Write-Host "Waking $appName ($health) and waiting until it lists on_secret_event and its eventgrid_extension key..."
+$functionListed, $keyListed = 'no', 'no'
+for ($attempt = 1; $attempt -le $checks; $attempt++) {
+    # The request is what starts an instance; its answer (or a time-out while the host starts) is not needed.
+    try { Invoke-WebRequest -Uri $health -TimeoutSec 20 -UseBasicParsing | Out-Null } catch { }
     $PSNativeCommandUseErrorActionPreference = $false
-    az functionapp function show --resource-group $e.AZURE_RESOURCE_GROUP --name $e.AZURE_FUNCTION_APP_NAME `
-        --function-name on_secret_event --query name --output tsv 2>$null | Out-Null
-    $listed = $LASTEXITCODE -eq 0
+    if ($functionListed -eq 'no') {
+        az functionapp function show --resource-group $e.AZURE_RESOURCE_GROUP --name $appName `
+            --function-name on_secret_event --query name --output tsv 2>$null | Out-Null
+        if ($LASTEXITCODE -eq 0) { $functionListed = 'yes' }
+    }
+    if ($functionListed -eq 'yes' -and $keyListed -eq 'no') {
+        $hasKey = az functionapp keys list --resource-group $e.AZURE_RESOURCE_GROUP --name $appName `
+            --query 'systemKeys.eventgrid_extension != null' --output tsv 2>$null
+        if ($LASTEXITCODE -eq 0 -and "$hasKey".Trim() -eq 'true') { $keyListed = 'yes' }
+    }
     $PSNativeCommandUseErrorActionPreference = $true
-    if (-not $listed) { Start-Sleep -Seconds 15 }
-}
-if (-not $listed) {
-    throw "postdeploy: on_secret_event is not listed on $($e.AZURE_FUNCTION_APP_NAME) after 5 minutes; check the deployment, then run 'azd hooks run postdeploy'. No vault was changed."
+    if ($functionListed -eq 'yes' -and $keyListed -eq 'yes') {
+        Write-Host "  $appName is ready (check $attempt of $checks)."
+        break
+    }
+    Write-Host "  not yet (check $attempt of $checks): on_secret_event listed: $functionListed, eventgrid_extension key listed: $keyListed"
+    if ($attempt -eq $checks) {
+        $missing = if ($functionListed -eq 'no') { 'the function on_secret_event' } else { 'the system key eventgrid_extension' }
+        throw "postdeploy: $appName still does not list $missing after $checks checks $interval s apart, so Event Grid could not validate the subscription. Check that the deployment succeeded and the app starts ($health should answer, Application Insights shows the host's start-up errors), then run 'azd hooks run postdeploy'. No vault was changed."
+    }
+    Start-Sleep -Seconds $interval
 }
 
 # 6. Remember every vault this environment ever touched before touching one, for `azd down`.
@@ -194,3 +216,4 @@ Write-Host ''
 Write-Host "Azure DevOps identity: $identity (client id $clientId)"
 Write-Host "Manual step (docs/deploy.md, 'The one manual step'): in each organization of KVLINK_DEVOPS_ORGS ($orgs), Organization settings > Users > Add users: that identity, access level Basic, added to every project it should audit (Project Readers); then in each project Pipelines > Library > Security: Administrator; and at least Reader on the service connections its groups use."
 Write-Host "Check: curl.exe -fsS '$uri/api/health'; $checkSettings python -m kvlink_core audit --dry-run --json  # with Azurite running; `"unreached`": [] means Azure DevOps answers (docs/deploy.md, 'Verify the deployment')"
+Write-Host "End-to-end proof (docs/deploy.md, 'Smoke test'), once a group is linked: python -m kvlink_core smoke --vault <vault> --group <org>/<project>/<group id>  # with your own az login: a canary secret must reach the group and leave it"

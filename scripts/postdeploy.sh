@@ -11,7 +11,7 @@
 # region, docs/deploy.md, "Several regions and subscriptions"), then the resource providers are registered in
 # every subscription involved, then one deployment applies the rest.
 # Idempotent: every step is an ARM PUT of a named resource; run it again after changing KVLINK_VAULT_IDS.
-# Needs: azd, az (logged in as someone who may change the vaults' access and diagnostic settings).
+# Needs: azd, az (logged in as someone who may change the vaults' access and diagnostic settings), curl.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -26,7 +26,8 @@ done < <(azd env get-values)
 
 for name in AZURE_ENV_NAME AZURE_LOCATION AZURE_SUBSCRIPTION_ID AZURE_RESOURCE_GROUP AZURE_RESOURCE_TOKEN \
   AZURE_FUNCTION_APP_NAME AZURE_FUNCTION_APP_ID AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID AZURE_EVENTGRID_IDENTITY_ID \
-  AZURE_STORAGE_ACCOUNT_ID EVENTGRID_DEADLETTER_CONTAINER EVENTHUB_NAME EVENTHUB_DIAGNOSTICS_RULE_ID KVLINK_VAULT_IDS; do
+  AZURE_STORAGE_ACCOUNT_ID EVENTGRID_DEADLETTER_CONTAINER EVENTHUB_NAME EVENTHUB_DIAGNOSTICS_RULE_ID KVLINK_VAULT_IDS \
+  SERVICE_API_URI; do
   if [[ -z "${!name:-}" ]]; then
     echo "postdeploy: $name is not set in the azd environment; run 'azd provision' first (it records main.bicep's outputs)." >&2
     exit 1
@@ -145,19 +146,42 @@ for index in "${!vault_list[@]}"; do
   vaults_json+="${vaults_json:+, }{\"id\": \"$vault_id\", \"rbac\": $rbac, \"grantReader\": $grant, \"topicName\": \"$topic_name\", \"topicResourceGroup\": \"$topic_group\"}"
 done
 
-# 5. Event Grid validates an AzureFunction endpoint against the app's function list, which the
-#    platform fills in shortly after the deployment: wait for on_secret_event.
-echo "Waiting for $AZURE_FUNCTION_APP_NAME to list on_secret_event..."
-for attempt in $(seq 1 20); do
-  if az functionapp function show --resource-group "$AZURE_RESOURCE_GROUP" --name "$AZURE_FUNCTION_APP_NAME" \
-    --function-name on_secret_event --query name --output tsv >/dev/null 2>&1; then
+# 5. Event Grid validates an AzureFunction endpoint when the subscription is created: it looks the function
+#    up and fetches the app's eventgrid_extension system key (the key in an Event Grid webhook URL; Microsoft
+#    Learn "How to work with Event Grid triggers and bindings in Azure Functions", "Get the system key"). The
+#    host creates that key when it first starts with the Event Grid extension, and a Flex Consumption app
+#    that was just deployed has no instance yet. So: wake it (GET /api/health), then check until both the
+#    function and the key are listed, the way Microsoft's azd sample reads systemKeys in its postdeploy hook
+#    before creating its subscription (Azure-Samples/functions-quickstart-python-azd-eventgrid-blob,
+#    scripts/post-up.sh). Bounded: at most 30 checks, 15 s apart, each wake at most 20 s; the key's
+#    value is never printed (the query answers true or false).
+checks=30 interval=15
+health="${SERVICE_API_URI%/}/api/health"
+echo "Waking $AZURE_FUNCTION_APP_NAME ($health) and waiting until it lists on_secret_event and its eventgrid_extension key..."
+function_listed=no key_listed=no
+for attempt in $(seq 1 "$checks"); do
+  # The request is what starts an instance; its answer (or a time-out while the host starts) is not needed.
+  curl -fsS --max-time 20 --output /dev/null "$health" 2>/dev/null || true
+  if [[ "$function_listed" == no ]] && az functionapp function show --resource-group "$AZURE_RESOURCE_GROUP" \
+    --name "$AZURE_FUNCTION_APP_NAME" --function-name on_secret_event --query name --output tsv >/dev/null 2>&1; then
+    function_listed=yes
+  fi
+  if [[ "$function_listed" == yes && "$key_listed" == no ]] && [[ "$(az functionapp keys list --resource-group "$AZURE_RESOURCE_GROUP" \
+    --name "$AZURE_FUNCTION_APP_NAME" --query "systemKeys.eventgrid_extension != null" --output tsv 2>/dev/null)" == true ]]; then
+    key_listed=yes
+  fi
+  if [[ "$function_listed" == yes && "$key_listed" == yes ]]; then
+    echo "  $AZURE_FUNCTION_APP_NAME is ready (check $attempt of $checks)."
     break
   fi
-  if [[ "$attempt" == 20 ]]; then
-    echo "postdeploy: on_secret_event is not listed on $AZURE_FUNCTION_APP_NAME after 5 minutes; check the deployment, then run 'azd hooks run postdeploy'. No vault was changed." >&2
+  echo "  not yet (check $attempt of $checks): on_secret_event listed: $function_listed, eventgrid_extension key listed: $key_listed"
+  if [[ "$attempt" == "$checks" ]]; then
+    missing="the function on_secret_event"
+    [[ "$function_listed" == no ]] || missing="the system key eventgrid_extension"
+    echo "postdeploy: $AZURE_FUNCTION_APP_NAME still does not list $missing after $checks checks $interval s apart, so Event Grid could not validate the subscription. Check that the deployment succeeded and the app starts ($health should answer, Application Insights shows the host's start-up errors), then run 'azd hooks run postdeploy'. No vault was changed." >&2
     exit 1
   fi
-  sleep 15
+  sleep "$interval"
 done
 
 # 6. Remember every vault this environment ever touched before touching one, so `azd down` can clean up
@@ -212,3 +236,4 @@ echo
 echo "Azure DevOps identity: $identity (client id ${AZURE_FUNCTION_IDENTITY_CLIENT_ID:-unknown})"
 echo "Manual step (docs/deploy.md, 'The one manual step'): in each organization of KVLINK_DEVOPS_ORGS (${KVLINK_DEVOPS_ORGS:-unset}), Organization settings > Users > Add users: that identity, access level Basic, added to every project it should audit (Project Readers); then in each project Pipelines > Library > Security: Administrator; and at least Reader on the service connections its groups use."
 echo "Check: curl -fsS '${SERVICE_API_URI:-<SERVICE_API_URI>}/api/health' && $check_settings python -m kvlink_core audit --dry-run --json  # with Azurite running; \"unreached\": [] means Azure DevOps answers (docs/deploy.md, 'Verify the deployment')"
+echo "End-to-end proof (docs/deploy.md, 'Smoke test'), once a group is linked: python -m kvlink_core smoke --vault <vault> --group <org>/<project>/<group id>  # with your own az login: a canary secret must reach the group and leave it"

@@ -22,9 +22,12 @@ because the SDK follows it verbatim. Like Key Vault's, it always carries an expl
 port -- ``:443`` too -- while :meth:`KeyVaultStandIn.vault_url` leaves a default port
 out, as vault URLs do; a stand-in bound to port 443 therefore speaks Azure's exact form.
 
-Secrets are seeded with :meth:`KeyVaultStandIn.set_secret` and friends; the
-REST write operations (set, update, delete, recover, purge, backup, restore)
-are not emulated and answer 405.
+Secrets are seeded with :meth:`KeyVaultStandIn.set_secret` and friends. Of the REST
+write operations, the three an operator's ``smoke`` run makes are emulated -- Set Secret
+(``PUT /secrets/{name}``), Delete Secret (``DELETE /secrets/{name}``) and Purge Deleted
+Secret (``DELETE /deletedsecrets/{name}``) -- and each can be refused per vault with
+:meth:`KeyVaultStandIn.forbid`. A set is a write, not a read: the value sent is echoed back
+(as Key Vault's SecretBundle does) and never stored. Update, recover, backup and restore answer 405.
 """
 
 from __future__ import annotations
@@ -69,6 +72,12 @@ _VAULT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,22}[a-zA-Z0-9]$")
 # Key Vault API versions look like "7.5", "7.6-preview.1" or "2025-07-01(-preview)".
 _API_VERSION = re.compile(r"^(\d+\.\d+|\d{4}-\d{2}-\d{2})(-preview(\.\d+)?)?$")
 _MAX_TAGS = 15
+# The REST writes emulated (an operator's smoke run makes them), by route head and method.
+_WRITES: Final[Mapping[tuple[str, str], str]] = {
+    ("secrets", "PUT"): "set",
+    ("secrets", "DELETE"): "delete",
+    ("deletedsecrets", "DELETE"): "purge",
+}
 _MAX_CONTENT_TYPE = 255
 
 _ERROR_CODES: Final[Mapping[int, str]] = {
@@ -187,6 +196,7 @@ class KeyVaultStandIn(StandInServer):
         self._seq = 0
         self.value_requests: list[str] = []
         self.audit_log: list[dict[str, Any]] = []  # AuditEvent records of changes, for the log path
+        self._forbidden: dict[str, set[str]] = {}  # vault -> REST writes refused with 403 (set, delete, purge)
         self.record_audit = True  # benchmarks seeding 100,000 secrets turn this off
 
     # -- lifecycle (narrowed return types so callers keep the subclass) ---------------
@@ -394,9 +404,16 @@ class KeyVaultStandIn(StandInServer):
             store.denied_rbac = rbac
 
     def allow(self, vault: str) -> None:
-        """Undo :meth:`deny`."""
+        """Undo :meth:`deny` and :meth:`forbid`."""
         with self._vault_lock:
             self._store(vault).denied = None
+            self._forbidden.pop(vault.lower(), None)
+
+    def forbid(self, vault: str, *operations: str) -> None:
+        """Refuse the REST writes ``set``, ``delete`` or ``purge`` on ``vault`` with 403 (a missing permission)."""
+        self.create_vault(vault)
+        with self._vault_lock:
+            self._forbidden.setdefault(vault.lower(), set()).update(operations)
 
     # -- value-read guard ------------------------------------------------------------
     def assert_no_value_reads(self) -> None:
@@ -546,8 +563,24 @@ class KeyVaultStandIn(StandInServer):
         if head == "deletedsecrets" and not rest:
             self._method(request, "GET")
             return self._list_deleted(request, store, api_version)
+        if len(rest) == 1 and (head, request.method) in _WRITES:
+            operation = _WRITES[head, request.method]
+            with self._vault_lock:
+                refused = operation in self._forbidden.get(store.name, set())
+            if refused:
+                raise abort(
+                    403,
+                    _error(
+                        "Forbidden",
+                        f"The user, group or application 'appid=kvlink-operator' does not have secrets {operation} "
+                        f"permission on key vault '{store.name};location=westeurope'.",
+                        "AccessDenied",
+                    ),
+                )
+            handler = {"set": self._rest_set, "delete": self._rest_delete, "purge": self._rest_purge}[operation]
+            return handler(request, store, rest[0])
         if head in ("secrets", "deletedsecrets") and len(rest) <= 3:
-            # Real write endpoints (set, update, delete, recover, purge, restore): not emulated.
+            # Other write endpoints (update, recover, restore, backup): not emulated.
             raise abort(
                 405,
                 _error(
@@ -556,6 +589,61 @@ class KeyVaultStandIn(StandInServer):
                 ),
             )
         raise abort(404, _error("NotFound", f"The requested resource {request.path} does not exist."))
+
+    def _rest_set(self, request: Request, store: _Vault, name: str) -> Response:
+        try:
+            body = request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("value"), str):
+            raise abort(400, _error("BadParameter", "The request body must be a JSON object with a string 'value'."))
+        attributes = body.get("attributes") or {}
+        try:
+            version = self.set_secret(
+                store.name,
+                name,
+                enabled=attributes.get("enabled", True),
+                content_type=body.get("contentType"),
+                tags=body.get("tags"),
+                expires=attributes.get("exp"),
+                not_before=attributes.get("nbf"),
+            )
+        except ValueError as problem:
+            if "deleted but recoverable" in str(problem):
+                raise abort(409, _error("Conflict", str(problem), "ObjectIsDeletedButRecoverable")) from None
+            raise abort(400, _error("BadParameter", str(problem))) from None
+        with self._vault_lock:
+            secret = store.secrets[name.lower()]
+            current = next(v for v in secret.versions if v.version == version)
+            bundle = self._item(store, secret, current, versioned=True)
+        return Response(200, {"value": body["value"], **bundle})  # echoed, as Key Vault does; never stored
+
+    def _rest_delete(self, request: Request, store: _Vault, name: str) -> Response:
+        try:
+            self.delete_secret(store.name, name)
+        except KeyError:
+            message = f"A secret with (name/id) {name} was not found in this key vault."
+            raise abort(404, _error("SecretNotFound", message)) from None
+        with self._vault_lock:
+            secret = store.deleted[name.lower()]
+            bundle = self._item(store, secret, secret.current, versioned=True)
+            deleted_on = secret.deleted_on or int(time.time())
+        return Response(
+            200,
+            {
+                "recoveryId": f"{store.id_base}/deletedsecrets/{secret.name}",
+                "deletedDate": deleted_on,
+                "scheduledPurgeDate": deleted_on + RECOVERABLE_DAYS * 86400,
+                **bundle,
+            },
+        )
+
+    def _rest_purge(self, request: Request, store: _Vault, name: str) -> Response:
+        try:
+            self.purge_secret(store.name, name)
+        except KeyError:
+            raise abort(404, _error("SecretNotFound", f"Deleted Secret not found: {name}")) from None
+        return Response(204)
 
     @staticmethod
     def _method(request: Request, expected: str) -> None:

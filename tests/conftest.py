@@ -78,7 +78,7 @@ def devops_server(ca: ThrowawayCA) -> Iterator[DevOpsStandIn]:
 
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
-    with Azurite() as service:
+    with Azurite(queue=True) as service:
         yield service
 
 
@@ -108,6 +108,10 @@ def _fresh_process_state() -> Iterator[None]:
         for name in HOSTING_VARIABLES:
             patch.delenv(name, raising=False)
         kvlink_app.reset()
+        # Importing function_app quiets the SDKs' loggers (as in the host); tests see every record
+        # unless they ask for the host's levels (tests/test_function_app.py does).
+        for name in kvlink_app.SDK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
         yield
         kvlink_app.reset()
 

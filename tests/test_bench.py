@@ -159,3 +159,38 @@ def test_cold_start_handles_one_event(tmp_path):
     result = _bench("coldstart", tmp_path / "coldstart.json", "--runs", "1")
     assert result["first_event"]["group_right"]
     assert result["first_event_ms"] > result["import_function_app_ms"] > 0
+
+
+def test_hub_batching_model_follows_the_trigger_rule():
+    """The trigger's rule on a hand-worked case (one partition, min 3, wait 10 s), not on kvlink's code.
+
+    Rule (Azure/azure-sdk-for-net, Microsoft.Azure.WebJobs.Extensions.EventHubs, PartitionProcessorEventsManager.cs
+    and EventHubListener.cs): dispatch when the cache holds minEventBatchSize, else when maxWaitTime has passed
+    since the first cached message; the processor also reads (empty) once a minute.
+    """
+    from bench.hub_batching import Batching, model
+
+    arrivals = [1.0, 2.0, 3.0, 20.0, 21.0, 100.0]
+    batched = model(arrivals, Batching(max_size=100, min_size=3, max_wait=10.0), partitions=1)
+    assert [(d.at, d.messages) for d in batched] == [
+        (3.0, (0, 1, 2)),  # the third message makes the minimum: at once
+        (30.0, (3, 4)),  # two only: the timer started at 20 s takes them at 30 s
+        (110.0, (5,)),  # alone: 10 s after it arrived
+    ]
+    unbatched = model(arrivals, Batching(max_size=100, min_size=1, max_wait=60.0), partitions=1)
+    assert [(d.at, d.messages) for d in unbatched] == [(t, (i,)) for i, t in enumerate(arrivals)]
+    spread = model([1.0, 2.0], Batching(max_size=100, min_size=1, max_wait=60.0), partitions=2)
+    assert [(d.partition, d.messages) for d in spread] == [(0, (0,)), (1, (1,))]
+
+
+def test_hub_batching_fewer_invocations_same_end_state(tmp_path):
+    """Replayed through on_vault_log: host.json's batching runs fewer invocations and applies every delete."""
+    result = _bench("hub_batching", tmp_path / "hub.json", "--replay-runs", "60", "--deletes", "2")
+    measured = result["measured"]
+    for how in ("unbatched", "host_json"):
+        assert measured[how]["messages"] == 60
+        assert measured[how]["deletes_applied"], how
+    assert measured["unbatched"]["invocations"] == 60  # one message per read, no minimum: one each
+    assert measured["host_json"]["invocations"] < 60
+    # Each invocation reads the queued work once: fewer invocations, fewer Table calls.
+    assert measured["host_json"]["calls"]["table"] < measured["unbatched"]["calls"]["table"]

@@ -458,10 +458,11 @@ def test_output_cut_short_by_the_reader_is_not_a_traceback():
     import subprocess
     import sys
 
-    # The real entry point (kvlink_core/__main__.py) around a main() that prints more than a pipe holds.
+    # The real entry point (kvlink_core/__main__.py, then main()) around a command that prints more
+    # than a pipe holds. The installed `kvlink` command calls the same main() (tests/test_packaging.py).
     child_code = (
         "import runpy, kvlink_core.cli as cli\n"
-        "cli.main = lambda: print('x' * 1_000_000) or 0\n"
+        "cli._main = lambda argv, out, err: print('x' * 1_000_000, file=out) or 0\n"
         "runpy.run_module('kvlink_core', run_name='__main__')\n"
     )
     child = subprocess.Popen([sys.executable, "-c", child_code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)

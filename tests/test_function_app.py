@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
+
 import pytest
 
 import function_app
@@ -165,3 +168,48 @@ class TestEmulatorRefusedOnFlexConsumption:
         with pytest.raises(ConfigError, match="refused when running in Azure") as info:
             function_app.on_secret_event(event)
         assert all(name in str(info.value) for name in FLEX_CONSUMPTION)
+
+
+# The libraries kvlink calls through, written out here (not read from the code): azure-core (every azure-*
+# client, azure-identity included), httpx/httpcore (Azure DevOps), urllib3 and aiohttp (transports).
+SDK_LOGGER_ROOTS = {"azure", "httpx", "httpcore", "urllib3", "aiohttp"}
+
+
+@pytest.mark.integration
+class TestHostLogging:
+    """The Python worker sets the root logger to INFO (Azure/azure-functions-python-worker#1342), and
+    host.json keeps traces unsampled: a per-request line from the SDKs would be a billed trace row each."""
+
+    def handle_one_event(self, estate, monkeypatch, caplog, level):
+        if level is None:
+            monkeypatch.delenv("KVLINK_SDK_LOG_LEVEL", raising=False)
+        else:
+            monkeypatch.setenv("KVLINK_SDK_LOG_LEVEL", level)
+        importlib.reload(function_app)  # what the worker does first: import function_app
+        caplog.set_level(logging.INFO)  # the worker's root level
+        group = estate.group("payments-kv", ["db-password"])
+        estate.link(estate.engine(), group)
+        version = estate.kv.set_secret(estate.vault, "api-key")
+        caplog.clear()
+
+        function_app.on_secret_event(as_trigger_input(secret_event(estate.vault, "api-key", version)))
+
+        assert estate.names(group) == ["api-key", "db-password"]
+        return caplog.records
+
+    def test_one_event_logs_kvlink_lines_and_no_sdk_request_lines(self, estate, env_engine, monkeypatch, caplog):
+        """At the worker's INFO, an event handled end to end writes kvlink's lines and none per SDK request."""
+        records = self.handle_one_event(estate, monkeypatch, caplog, level=None)
+
+        sdk = [f"{r.name}: {r.getMessage()[:80]}" for r in records if r.name.split(".")[0] in SDK_LOGGER_ROOTS]
+        assert sdk == []
+        own = [r.getMessage() for r in records if r.name.startswith("kvlink_core")]
+        assert any(f"for secret api-key in vault {estate.vault}" in line for line in own), own
+        assert any(line.startswith("Group payments-kv") and "added ['api-key']" in line for line in own), own
+
+    def test_the_setting_lets_the_request_lines_through(self, estate, env_engine, monkeypatch, caplog):
+        """KVLINK_SDK_LOG_LEVEL=INFO brings azure-core's and httpx's request lines back, for a diagnosis."""
+        records = self.handle_one_event(estate, monkeypatch, caplog, level="info")
+
+        roots = {r.name.split(".")[0] for r in records if r.levelno == logging.INFO}
+        assert {"azure", "httpx"} <= roots

@@ -94,6 +94,9 @@ class Estate:
             "topics": [],
             "assignments": [],
             "functions": ["on_secret_event"],
+            # A host already running: no "not yet" answers, the Event Grid system key exists.
+            "host": {"function_misses": 0, "key_misses": 0, "system_keys": ["eventgrid_extension"]},
+            "health": "ok",
             "deployment_error": None,
         }
         self.environments: dict[str, dict[str, str]] = {}
@@ -443,6 +446,82 @@ def test_postdeploy_runs_again_without_changing_anything_twice(estate):
     assert estate.state == before
 
 
+# -- a Flex app that has never run: wake it, wait for its function and its Event Grid key ---------------------
+#
+# Event Grid validates an AzureFunction endpoint by fetching the app's eventgrid_extension system key (Microsoft
+# Learn "How to work with Event Grid triggers and bindings in Azure Functions", "Get the system key"); the host
+# makes it on first start. Microsoft's azd sample reads systemKeys in its postdeploy hook before creating its
+# subscription (Azure-Samples/functions-quickstart-python-azd-eventgrid-blob, scripts/post-up.sh, commit 6f6f562).
+
+
+def calls_of(run: Run, *prefix: str) -> list[int]:
+    return [i for i, call in enumerate(run.calls) if tuple(call[: len(prefix)]) == prefix]
+
+
+def test_postdeploy_wakes_the_app_and_waits_for_the_function_and_its_event_grid_key(estate):
+    """Not listed twice, then no key three times: the hook keeps waking the app, and subscribes once both are there."""
+    estate.add_vault(PROD_VAULT)
+    estate.state["host"].update(function_misses=2, key_misses=3)
+
+    run = estate.run("postdeploy", PROD)
+
+    assert run.returncode == 0, run.stderr
+    wakes = calls_of(run, "curl")
+    shows = calls_of(run, "az", "functionapp", "function", "show")
+    keys = calls_of(run, "az", "functionapp", "keys", "list")
+    (deployment,) = calls_of(run, "az", "deployment", "sub", "create")
+    assert run.calls[wakes[0]][-1] == "https://func-prodtoken0001.azurewebsites.net/api/health"
+    assert wakes[0] < shows[0]  # woken before the first look
+    assert (len(shows), len(keys), len(wakes)) == (3, 4, 6)
+    assert [call for call in run.calls if call[0] == "sleep"] == [["sleep", "15"]] * 5
+    assert max(keys) < deployment  # the subscription is created after the key is listed
+    # The key's value never reaches the hook: it asks only whether the key exists.
+    assert {run.calls[i][run.calls[i].index("--query") + 1] for i in keys} == {"systemKeys.eventgrid_extension != null"}
+    assert "not yet (check 1 of 30): on_secret_event listed: no, eventgrid_extension key listed: no" in run.stdout
+    assert "not yet (check 3 of 30): on_secret_event listed: yes, eventgrid_extension key listed: no" in run.stdout
+    assert "func-prodtoken0001 is ready (check 6 of 30)." in run.stdout
+    assert estate.topic_of(PROD_VAULT)["subscriptions"] == ["kvlink-prodtoken0001"]
+
+
+def test_a_health_check_that_times_out_does_not_stop_the_wait(estate):
+    """The wake-up GET may time out while an instance starts; the function and key checks decide."""
+    estate.add_vault(PROD_VAULT)
+    estate.state["health"] = "down"
+
+    run = estate.run("postdeploy", PROD)
+
+    assert run.returncode == 0, run.stderr
+    assert all("--max-time" in run.calls[i] for i in calls_of(run, "curl"))
+    assert "is ready (check 1 of 30)" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("host", "missing"),
+    [
+        ({"function_misses": 1000}, "the function on_secret_event"),
+        ({"system_keys": []}, "the system key eventgrid_extension"),
+    ],
+    ids=["function", "key"],
+)
+def test_the_wait_is_bounded_and_says_what_is_missing(estate, host, missing):
+    """30 checks 15 s apart, then a message naming what never appeared and what to do; no vault is touched."""
+    estate.add_vault(PROD_VAULT)
+    estate.state["host"].update(host)
+
+    run = estate.run("postdeploy", PROD)
+
+    assert run.returncode == 1
+    assert f"func-prodtoken0001 still does not list {missing} after 30 checks 15 s apart" in run.stderr
+    assert "azd hooks run postdeploy" in run.stderr
+    assert "No vault was changed." in run.stderr
+    assert len([call for call in run.calls if call[0] == "sleep"]) == 29
+    assert len(calls_of(run, "curl")) == 30
+    # Only the provider registrations came before (changing nothing twice); no deployment, no azd env set.
+    assert {tuple(call[:3]) for call in changes(run.calls)} == {("az", "provider", "register")}
+    assert estate.state["vaults"][PROD_VAULT]["diagnostics"] == estate.state["vaults"][PROD_VAULT]["policies"] == []
+    assert estate.state["topics"] == []
+
+
 # -- the manual step, named at the end of every deployment -------------------------------------------------
 
 
@@ -453,7 +532,7 @@ def test_postdeploy_ends_with_the_manual_step_and_a_check(estate):
     run = estate.run("postdeploy", PROD)
 
     assert run.returncode == 0, run.stderr
-    identity, step, check = run.stdout.strip().splitlines()[-3:]
+    identity, step, check, smoke = run.stdout.strip().splitlines()[-4:]
     assert identity == "Azure DevOps identity: id-prodtoken0001 (client id 22222222-2222-2222-2222-222222222222)"
     for needed in ("contoso", "Add users", "Basic", "every project", "Library > Security: Administrator", "Reader"):
         assert needed in step
@@ -462,6 +541,7 @@ def test_postdeploy_ends_with_the_manual_step_and_a_check(estate):
         "KVLINK_DEVOPS_ORGS='contoso' KVLINK_ALLOWED_VAULTS='kv-contoso-prod' python -m kvlink_core audit --dry-run"
         in check
     )
+    assert "python -m kvlink_core smoke --vault <vault> --group <org>/<project>/<group id>" in smoke
 
 
 # -- shell and PowerShell --------------------------------------------------------------------------------
@@ -492,6 +572,9 @@ def test_shellcheck_is_clean_on_every_script():
                 "KVLINK_APPLIED_VAULT_IDS",
                 "azd env new kvlink-<region>",
                 "kvlink-vaults-$token",
+                "/api/health",
+                "systemKeys.eventgrid_extension != null",
+                "still does not list",
             ],
         ),
         (

@@ -219,8 +219,8 @@ def test_no_local_or_pat_settings_in_azure():
     assert NOT_IN_AZURE & set(app_settings()) == set()
 
 
-def test_function_app_is_flex_consumption_python_311():
-    """The app runs on Flex Consumption (FC1), Linux, Python 3.11, as its user-assigned identity."""
+def test_function_app_is_flex_consumption_python_313():
+    """The app runs on Flex Consumption (FC1), Linux, Python 3.13 (the worker tier's version), as its identity."""
     path = INFRA / "core" / "host" / "flex-function-app.bicep"
     template = parse(path)
     plan = body(template["resources"]["plan"])
@@ -232,7 +232,7 @@ def test_function_app_is_flex_consumption_python_311():
         "UserAssignedIdentity"
     )
     module = body(parse(INFRA / "main.bicep")["modules"]["functionApp"])
-    assert (module["params"]["runtimeName"], module["params"]["runtimeVersion"]) == ("python", "3.11")
+    assert (module["params"]["runtimeName"], module["params"]["runtimeVersion"]) == ("python", "3.13")
 
 
 def test_event_subscription_delivers_the_three_secret_events_with_retry_and_dead_letter():
@@ -543,3 +543,187 @@ def test_the_event_hub_follows_the_vaults_region():
     assert main["outputs"]["EVENTHUB_LOCATION"]["value"] == "eventHubLocation"
     mapped = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]["vaultsLocation"]["value"]
     assert mapped == "${KVLINK_VAULTS_LOCATION=}"
+
+
+# -- Flex Consumption: what the platform refuses or ignores on a Flex site -----------------------------
+#
+# Microsoft Learn, "App settings reference for Azure Functions" (functions-app-settings), section "Flex
+# Consumption plan deprecations": site properties and app settings that "are deprecated and shouldn't be used"
+# on a Flex Consumption app. ARM enforces at least the site properties: siteConfig.ftpsState fails the
+# deployment with error 51021 ("site configuration properties (Site.SiteConfig.FtpsState, ...) for Flex
+# Consumption sites is invalid"). The Learn page could not be read whole here (its stored copies in
+# MicrosoftDocs/azure-docs predate Flex; the repository is too large to fetch), so the list is the union of:
+#   (a) the Microsoft preview-era table this section grew from, "Deprecated properties and settings" (read
+#       in full, 2024 text of the Flex Consumption docs), every row;
+#   (b) the rows the current Learn section adds for networking, build and content share, as quoted by
+#       migration guides that link to it (ENABLE_ORYX_BUILD, SCM_DO_BUILD_DURING_DEPLOYMENT,
+#       WEBSITE_RUN_FROM_PACKAGE, WEBSITE_CONTENTOVERVNET, WEBSITE_SKIP_CONTENTSHARE_VALIDATION,
+#       WEBSITE_VNET_ROUTE_ALL, WEBSITE_DNS_SERVER, WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT,
+#       WEBSITE_USE_PLACEHOLDER_DOTNETISOLATED, WEBSITE_TIME_ZONE, TZ and the vnet*Enabled properties).
+# A stricter list costs nothing: kvlink sets none of these, and a name here that Flex later accepts only
+# keeps it out of our templates.
+FLEX_DEPRECATED_SITE_PROPERTIES = {
+    # (a)
+    "ftpsState": "FTPS not supported",
+    "use32BitWorkerProcess": "32-bit not supported",
+    "isReserved": "not valid",
+    "IsXenon": "not valid",
+    "windowsFxVersion": "not valid",
+    "alwaysOn": "not valid",
+    "preWarmedInstanceCount": "renamed (always-ready instances, functionAppConfig.scaleAndConcurrency)",
+    "functionAppScaleLimit": "renamed maximumInstanceCount (functionAppConfig.scaleAndConcurrency)",
+    "containerSize": "renamed instanceMemoryMB (functionAppConfig.scaleAndConcurrency)",
+    "javaVersion": "replaced by functionAppConfig.runtime.version",
+    "powerShellVersion": "replaced by functionAppConfig.runtime.version",
+    "netFrameworkVersion": "replaced by functionAppConfig.runtime.version",
+    "linuxFxVersion": "replaced by functionAppConfig.runtime",
+    # (b)
+    "vnetBackupRestoreEnabled": "not used for networking in Flex Consumption",
+    "vnetContentShareEnabled": "not used for networking in Flex Consumption",
+    "vnetImagePullEnabled": "not used for networking in Flex Consumption",
+}
+FLEX_DEPRECATED_APP_SETTINGS = {
+    # (a)
+    "WEBSITE_NODE_DEFAULT_VERSION": "replaced by functionAppConfig.runtime.version",
+    "FUNCTIONS_EXTENSION_VERSION": "set by the platform",
+    "FUNCTIONS_WORKER_RUNTIME": "replaced by functionAppConfig.runtime.name",
+    "FUNCTIONS_WORKER_RUNTIME_VERSION": "replaced by functionAppConfig.runtime.version",
+    "FUNCTIONS_MAX_HTTP_CONCURRENCY": "replaced by functionAppConfig.scaleAndConcurrency.triggers",
+    "FUNCTIONS_WORKER_PROCESS_COUNT": "not valid",
+    "FUNCTIONS_WORKER_DYNAMIC_CONCURRENCY_ENABLED": "not valid",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING": "replaced by functionAppConfig.deployment",
+    "WEBSITE_CONTENTSHARE": "replaced by functionAppConfig.deployment",
+    # (b)
+    "ENABLE_ORYX_BUILD": "replaced by remote build at deployment",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT": "replaced by remote build at deployment",
+    "WEBSITE_RUN_FROM_PACKAGE": "Flex runs from its deployment container",
+    "WEBSITE_CONTENTOVERVNET": "no content share in Flex Consumption",
+    "WEBSITE_SKIP_CONTENTSHARE_VALIDATION": "no content share in Flex Consumption",
+    "WEBSITE_VNET_ROUTE_ALL": "not used for networking in Flex Consumption",
+    "WEBSITE_DNS_SERVER": "DNS comes from the integrated virtual network",
+    "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT": "replaced by maximumInstanceCount",
+    "WEBSITE_USE_PLACEHOLDER_DOTNETISOLATED": "not supported on Flex Consumption",
+    "WEBSITE_TIME_ZONE": "not supported on Flex Consumption",
+    "TZ": "not supported on Flex Consumption",
+}
+
+
+def flex_sites() -> list[tuple[Path, str, dict[str, Any]]]:
+    """Every function app site on a Flex Consumption plan: it has functionAppConfig, or its plan is FC1."""
+    found = []
+    for path, name, site in resources("Microsoft.Web/sites"):
+        properties = body(site).get("properties", {})
+        farm = properties.get("serverFarmId")
+        plan_name = farm.get("operator", {}).get("operands", {}).get("operand_1") if isinstance(farm, dict) else None
+        plan = parse(path).get("resources", {}).get(plan_name) if isinstance(plan_name, str) else None
+        on_flex_plan = plan is not None and str(body(plan).get("sku", {}).get("tier", "")).lower() == "flexconsumption"
+        if "functionAppConfig" in properties or on_flex_plan:
+            found.append((path, name, site))
+    return found
+
+
+def site_app_settings(path: Path, site: dict[str, Any]) -> set[str]:
+    """The names of the app settings a site gets: literal entries, or the object every caller passes in."""
+    entries = body(site).get("properties", {}).get("siteConfig", {}).get("appSettings", [])
+    if isinstance(entries, list):
+        return {entry["name"] for entry in entries if isinstance(entry, dict) and isinstance(entry.get("name"), str)}
+    loop = entries["loop_type"]["detail"]
+    parameter = loop["object_name"]
+    assert parameter in parse(path).get("parameters", {}), f"{path.name}: appSettings comes from a parameter"
+    names: set[str] = set()
+    callers = 0
+    for caller in BICEP_FILES:
+        for module in parse(caller).get("modules", {}).values():
+            target = (caller.parent / module["detail"].get("path", "")).resolve()
+            if module["type"] != "local" or target != path.resolve():
+                continue
+            callers += 1
+            passed = resolve(caller, body(module)["params"][parameter])
+            assert isinstance(passed, dict), f"{caller.name} passes {parameter} as an object literal or variable"
+            names |= set(passed)
+    assert callers, f"nobody deploys {path.name}"
+    return names
+
+
+def test_flex_sites_use_nothing_flex_consumption_deprecates():
+    """No Flex Consumption site in infra/ sets a site property or app setting the deprecations list names."""
+    sites = flex_sites()
+    assert [(path.name, name) for path, name, _ in sites] == [("flex-function-app.bicep", "functionApp")]
+    bad_properties = {name.lower(): name for name in FLEX_DEPRECATED_SITE_PROPERTIES}
+    bad_settings = {name.lower(): name for name in FLEX_DEPRECATED_APP_SETTINGS}
+    found = []
+    for path, name, site in sites:
+        properties = body(site)["properties"]
+        for where, values in (("properties", properties), ("properties.siteConfig", properties.get("siteConfig", {}))):
+            found += [f"{path.name} {name}: {where}.{key}" for key in values if key.lower() in bad_properties]
+        found += [
+            f"{path.name} {name}: app setting {setting} ({FLEX_DEPRECATED_APP_SETTINGS[bad_settings[setting.lower()]]})"
+            for setting in site_app_settings(path, site)
+            if setting.lower() in bad_settings
+        ]
+        # Settings written beside the site, as a sites/config 'appsettings' child.
+        for config_path, _, config in resources("Microsoft.Web/sites/config"):
+            if config_path == path and str(body(config).get("name", "")).lower() == "appsettings":
+                keys = body(config)["properties"]
+                found += [f"{path.name}: appsettings {key}" for key in keys if key.lower() in bad_settings]
+    assert found == []
+
+
+def test_the_flex_check_sees_what_it_must_refuse():
+    """The check above reads the site and the settings main.bicep passes: both really contain names to compare."""
+    ((path, _, site),) = flex_sites()
+    properties = body(site)["properties"]
+    assert {"minTlsVersion", "http20Enabled"} <= set(properties["siteConfig"])
+    assert {"KVLINK_DEVOPS_ORGS", "APPLICATIONINSIGHTS_CONNECTION_STRING"} <= site_app_settings(path, site)
+
+
+# The regions of Microsoft's azd sample for Flex Consumption: Azure-Samples/functions-quickstart-python-http-azd,
+# infra/main.bicep, commit 7ed4638bc03858a3b2657f0dbbdd1db0af103ebb (2025-11-24), the `location` parameter's
+# @allowed list (unchanged since fe29236, 2025-05-06). Written out here, not read from main.bicep.
+FLEX_REGIONS_OF_THE_SAMPLE = {
+    "australiaeast", "australiasoutheast", "brazilsouth", "canadacentral", "centralindia", "centralus",
+    "eastasia", "eastus", "eastus2", "eastus2euap", "francecentral", "germanywestcentral", "italynorth",
+    "japaneast", "koreacentral", "northcentralus", "northeurope", "norwayeast", "southafricanorth",
+    "southcentralus", "southeastasia", "southindia", "spaincentral", "swedencentral", "uaenorth", "uksouth",
+    "ukwest", "westcentralus", "westeurope", "westus", "westus2", "westus3",
+}  # fmt: skip
+
+
+def decorator(parameter: dict[str, Any], kind: str) -> Any:
+    return next((d["argument"] for d in parameter["decorators"] if d["type"] == kind), None)
+
+
+def test_the_app_region_is_one_with_flex_consumption_and_the_vault_region_is_free():
+    """azd prompts only for Flex Consumption regions; KVLINK_VAULTS_LOCATION (the Event Hub's region) takes any."""
+    parameters = parse(INFRA / "main.bicep")["parameters"]
+    location = parameters["location"]
+    assert decorator(location, "metadata") == {"azd": {"type": "location"}}
+    allowed = decorator(location, "allowed")
+    assert allowed is not None, "location takes any region: one without Flex Consumption fails after resources exist"
+    assert set(allowed) == FLEX_REGIONS_OF_THE_SAMPLE
+    assert len(allowed) == len(set(allowed))
+    # A vault region without Flex Consumption is what vaultsLocation is for: it must stay unrestricted.
+    assert decorator(parameters["vaultsLocation"], "allowed") is None
+    # Every resource but the Event Hub follows location, so none lands where Flex does not run.
+    assert body(parse(INFRA / "main.bicep")["modules"]["functionApp"])["params"]["location"] == "location"
+
+
+def test_the_sync_queue_exists_and_the_identity_may_use_it():
+    """Queued syncs (POST /api/sync answered 202) need the kvlink-sync queue in AzureWebJobsStorage's account,
+    its endpoint in the app settings, and a queue role for kvlink's identity: the queue trigger needs
+    Storage Queue Data Reader + Message Processor, sending needs Contributor or Message Sender ("Azure Queue
+    storage trigger and bindings", Connections / identity-based: MicrosoftDocs/azure-docs
+    includes/functions-queue-permissions.md @ 11c0107d). Storage Queue Data Contributor covers both."""
+    from kvlink_core.workqueue import SYNC_QUEUE
+
+    storage = body(parse(INFRA / "main.bicep")["modules"]["storage"])["params"]
+    assert storage["queues"] == [SYNC_QUEUE]
+    queues = parse(INFRA / "core" / "storage" / "storage-account.bicep")["resources"]["storageQueues"]
+    assert queues["type"] == "Microsoft.Storage/storageAccounts/queueServices/queues"
+    assert queues["config"]["loop_type"]["detail"]["array_name"] == "queues"
+    assert "AzureWebJobsStorage__queueServiceUri" in app_settings()
+    rbac = INFRA / "app" / "rbac.bicep"
+    grant = body(parse(rbac)["resources"]["queueContributor"])["properties"]
+    role = resolve(rbac, grant["roleDefinitionId"]["function"]["parameters"]["resource_name_1"])
+    assert role == "974c5e8b-45b9-4653-ba55-5f855dd0fb88"  # Storage Queue Data Contributor (built-in roles)
+    assert grant["principalId"] == "functionPrincipalId"

@@ -65,7 +65,6 @@ class TestFromEnv:
         [
             {"WEBSITE_INSTANCE_ID": "abc"},  # App Service plans
             {"WEBSITE_SITE_NAME": "func-kvlink"},  # Flex and Linux Consumption set these, not the instance id
-            {"CONTAINER_NAME": "func-kvlink-abc"},
             {"WEBSITE_SKU": "FlexConsumption"},
         ],
         ids=lambda h: next(iter(h)),
@@ -97,11 +96,26 @@ class TestFromEnv:
         settings = Settings.from_env({**BASE, "WEBSITE_SKU": "FlexConsumption"})
         assert settings.running_in_azure and not settings.emulator
 
-    def test_container_name_alone_refuses_the_emulator_but_keeps_the_laptop_credential(self):
-        """A dev container sets CONTAINER_NAME: the emulator is refused there, yet az login stays the credential."""
-        with pytest.raises(ConfigError, match="CONTAINER_NAME"):
-            Settings.from_env({**BASE, "KVLINK_EMULATOR": "1", "CONTAINER_NAME": "devcontainer"})
-        assert not Settings.from_env({**BASE, "CONTAINER_NAME": "devcontainer"}).running_in_azure
+    def test_container_name_alone_does_not_refuse_the_emulator(self):
+        """A dev container or container runtime sets CONTAINER_NAME alone: the stand-ins still run there.
+
+        Flex sets WEBSITE_SITE_NAME and WEBSITE_SKU beside it (see the Flex test above), so refusing on the
+        WEBSITE_* variables keeps Azure refused (reference/azure-facts.md 6.4, host source IsFlexConsumptionSku).
+        """
+        settings = Settings.from_env({**BASE, "KVLINK_EMULATOR": "1", "CONTAINER_NAME": "devcontainer"})
+        assert settings.emulator and not settings.running_in_azure
+
+    @pytest.mark.parametrize(("value", "level"), [(None, "WARNING"), ("info", "INFO"), (" DEBUG ", "DEBUG")])
+    def test_sdk_log_level_is_a_logging_level_warning_by_default(self, value, level):
+        """KVLINK_SDK_LOG_LEVEL takes a logging level name in any case; unset, the SDKs log warnings only."""
+        env = {**BASE} if value is None else {**BASE, "KVLINK_SDK_LOG_LEVEL": value}
+        assert Settings.from_env(env).sdk_log_level == level
+
+    def test_sdk_log_level_names_the_levels_it_takes(self):
+        """A level that is no logging level is refused, naming the setting and the levels it takes."""
+        with pytest.raises(ConfigError, match=r"KVLINK_SDK_LOG_LEVEL must be one of DEBUG, INFO, WARNING") as info:
+            Settings.from_env({**BASE, "KVLINK_SDK_LOG_LEVEL": "verbose"})
+        assert info.value.settings == ("KVLINK_SDK_LOG_LEVEL",)
 
     def test_vault_template_needs_placeholder(self):
         """A vault URL template without {vault} cannot address more than one vault."""

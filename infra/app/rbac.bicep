@@ -61,6 +61,8 @@ resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
+// Queues: the host's own, and kvlink-sync, which POST /api/sync sends to and run_sync_job reads and deletes from
+// (identity-based AzureWebJobsStorage with a queue trigger: https://learn.microsoft.com/azure/azure-functions/functions-reference#connecting-to-host-storage-with-an-identity).
 resource queueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, functionPrincipalId, storageQueueDataContributor)
   scope: storage

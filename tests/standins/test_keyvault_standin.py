@@ -360,19 +360,54 @@ def test_bad_requests_get_key_vault_errors(
     assert response.json()["error"]["code"] == code
 
 
-def test_writes_are_not_emulated(stand_in: KeyVaultStandIn, ca: ThrowawayCA) -> None:
-    """REST writes answer 405 and leave the vault alone."""
+def test_other_writes_are_not_emulated(stand_in: KeyVaultStandIn, ca: ThrowawayCA) -> None:
+    """Writes beyond the smoke run's three (update, recover, backup...) answer 405 and leave the vault alone."""
     stand_in.set_secret("writes", "a")
 
-    response = requests.delete(
-        f"{stand_in.vault_url('writes')}/secrets/a?api-version=7.5",
+    response = requests.patch(
+        f"{stand_in.vault_url('writes')}/secrets/a/?api-version=7.5",
         headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"},
+        json={"attributes": {"enabled": False}},
         verify=str(ca.bundle_path),
         timeout=5,
     )
 
     assert response.status_code == 405
     assert stand_in.secret_names("writes") == ["a"]
+
+
+def test_set_delete_and_purge_through_the_sdk(stand_in: KeyVaultStandIn, client: ClientFactory) -> None:
+    """The operator's writes of a smoke run: the real SecretClient sets (the value is echoed as Key Vault
+    does, and not stored or counted as a read), deletes without waiting, and purges; each is logged."""
+    vault = client("operator")
+    stand_in.create_vault("operator")
+    stand_in.drain_audit_log()
+
+    made = vault.set_secret("canary", "not-kept", tags={"kind": "canary"})
+    assert made.value == "not-kept" and made.properties.tags == {"kind": "canary"}
+    assert stand_in.secret_names("operator") == ["canary"]
+    vault.begin_delete_secret("canary")  # the DELETE is sent now; the poller is never waited on
+    assert stand_in.deleted_secret_names("operator") == ["canary"]
+    assert [d.name for d in vault.list_deleted_secrets()] == ["canary"]
+    vault.purge_deleted_secret("canary")
+    assert stand_in.deleted_secret_names("operator") == []
+
+    assert [r["operationName"] for r in stand_in.drain_audit_log()] == ["SecretSet", "SecretDelete", "SecretPurge"]
+    assert stand_in.value_requests == []
+    with pytest.raises(ResourceNotFoundError):
+        vault.purge_deleted_secret("canary")
+
+
+def test_a_forbidden_write_is_403_and_changes_nothing(stand_in: KeyVaultStandIn, client: ClientFactory) -> None:
+    vault = client("no-set")
+    stand_in.forbid("no-set", "set")
+    try:
+        with pytest.raises(HttpResponseError) as refused:
+            vault.set_secret("canary", "x")
+        assert refused.value.status_code == 403 and "secrets set permission" in str(refused.value)
+        assert stand_in.secret_names("no-set") == []
+    finally:
+        stand_in.allow("no-set")
 
 
 def test_seeding_validates_names(stand_in: KeyVaultStandIn) -> None:

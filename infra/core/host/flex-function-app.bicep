@@ -16,10 +16,13 @@ param deploymentContainerName string
   'python'
 ])
 param runtimeName string = 'python'
+// 3.13: GA for Azure Functions, and new Python versions go to Flex only (docs/deploy.md, "Python version").
+// 3.11 stays allowed as the way back: requirements.txt serves both.
 @allowed([
   '3.11'
+  '3.13'
 ])
-param runtimeVersion string = '3.11'
+param runtimeVersion string = '3.13'
 
 @description('Upper bound on instances; kept low because Azure DevOps throttles per identity, not per instance.')
 param maximumInstanceCount int = 40
@@ -55,6 +58,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_222:Event Grid delivers to the function and operators call the HTTP API over the public endpoint (no VNet); HTTP routes need a function key, /api/health is anonymous and returns only status and version
   // checkov:skip=CKV_AZURE_17:HTTP callers authenticate with function keys and Event Grid delivers through its AzureFunction endpoint; nobody presents client certificates
   // checkov:skip=CKV_AZURE_212:Flex Consumption scales from zero; failover comes from the platform and from retries (Event Grid, Event Hubs, the audit), not from always-ready instances
+  // checkov:skip=CKV_AZURE_78:Flex Consumption has no FTP and refuses siteConfig.ftpsState (ARM error 51021; "Flex Consumption plan deprecations" in Microsoft Learn's functions-app-settings); tests/test_infra.py keeps it out
   // checkov:skip=CKV_AZURE_213:App Service health check is not used on Flex Consumption (instances are platform-managed and scale to zero); GET /api/health is there for external probes
   name: name
   location: location
@@ -71,7 +75,6 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     httpsOnly: true
     siteConfig: {
       minTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       appSettings: [for setting in items(appSettings): {
         name: setting.key

@@ -7,6 +7,9 @@ param tags object = {}
 @description('Blob containers to create (private).')
 param containers array = []
 
+@description('Storage queues to create.')
+param queues array = []
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   // checkov:skip=CKV_AZURE_35:The Flex Consumption app has no VNet integration, so the account takes public traffic; every request still needs an Entra ID token (allowSharedKeyAccess is false)
   // checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35: public endpoint, identity-only access, anonymous blob access off
@@ -56,6 +59,16 @@ resource blobContainers 'Microsoft.Storage/storageAccounts/blobServices/containe
   properties: {
     publicAccess: 'None'
   }
+}]
+
+resource queueServices 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource storageQueues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [for queue in queues: {
+  parent: queueServices
+  name: queue
 }]
 
 output id string = storage.id
