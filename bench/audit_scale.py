@@ -1,7 +1,13 @@
-"""Audit at scale: kvlink's audit against two hand-written sequential audits, and the lower bound.
+"""Audit at scale: kvlink's audit against a plain concurrent script, hand-written sequential audits, the lower bound.
 
-    python -m bench.audit_scale                 # 1,000 groups, 200 vaults, 100,000 secrets, 20 ms per call
-    python -m bench.audit_scale --groups 40 --vaults 8 --secrets 800 --projects 4   # a quick look
+    python -m bench.audit_scale                 # 1,000 groups, 200 vaults, 100,000 secrets; 150 ms, then 20 ms a call
+    python -m bench.audit_scale --groups 200 --vaults 40 --secrets 20000 --projects 4 --skip-sequential  # a quick look
+
+Every call to the stand-ins takes ``--latency`` (150 ms: a round trip to Azure, where the audit is
+latency-bound) and the run is repeated at ``--fast-latency`` (20 ms, where CPU decides; 0 leaves the
+row out). At each latency kvlink's audit and the plain concurrent script (``bench/plain.py``) run at
+the same limits (32 Key Vault, 4 Azure DevOps calls at once) and are set against the lower bound
+in time (:func:`bound_seconds`); the sequential audits run at the fast latency only.
 
 Each contender gets a fresh estate (stand-ins in their own process, a fresh Azurite) and
 runs in a fresh process of its own, so wall time, call counts and peak memory are its own.
@@ -27,11 +33,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from bench.estate import PAT, Shape
+from bench.plain import DEVOPS_LIMIT, KV_LIMIT
 from kvlink_core.settings import HOSTING_VARIABLES
 from standins.azurite import Azurite
 
@@ -74,6 +81,16 @@ def _listing_loop_cpu(engine: Any) -> float | None:
     return _cpu_seconds(os.getpid(), thread.native_id)
 
 
+def run_plain() -> dict[str, Any]:
+    from bench import plain
+
+    managed = {(org, int(gid)) for org, gid in json.loads(Path(os.environ["BENCH_MANAGED"]).read_text())}
+    counter: Counter[str] = Counter()
+    started = time.perf_counter()
+    result = plain.run(managed=managed, counter=counter)
+    return {"seconds": time.perf_counter() - started, "calls": dict(counter), "unreached": [], **result}
+
+
 def run_baseline(kind: str) -> dict[str, Any]:
     from bench import baseline
 
@@ -90,8 +107,8 @@ def worker(kind: str) -> None:
         from kvlink_core import audit
 
         audit.AUDIT_GC_THRESHOLD = int(os.environ["BENCH_GC_THRESHOLD"])
-    contender = run_kvlink if kind == "kvlink" else lambda: run_baseline(kind)
-    profile_to = os.environ.get("BENCH_PROFILE")
+    contender = {"kvlink": run_kvlink, "plain": run_plain}.get(kind) or (lambda: run_baseline(kind))
+    profile_to = os.environ.get("BENCH_PROFILE") if kind == "kvlink" else None  # kvlink's CPU, not a baseline's
     result = _profiled(contender, Path(profile_to)) if profile_to else contender()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
@@ -157,6 +174,9 @@ def contend(kind: str, shape: Shape, *, naive_limit: int | None = None) -> tuple
                 "KVLINK_VAULT_URL": estate["kv"],
                 "KVLINK_CA_BUNDLE": estate["ca"],
                 "KVLINK_EMULATOR": "1",
+                # kvlink's defaults, set here so that every contender runs at the same limits
+                "KVLINK_VAULT_CONCURRENCY": str(KV_LIMIT),
+                "KVLINK_DEVOPS_CONCURRENCY": str(DEVOPS_LIMIT),
                 **dict.fromkeys(HOSTING_VARIABLES, ""),  # a container's CONTAINER_NAME would refuse the emulator
                 "BENCH_MANAGED": str(managed),
             }
@@ -179,6 +199,8 @@ def contend(kind: str, shape: Shape, *, naive_limit: int | None = None) -> tuple
             serve.stdin.write(f"check {','.join(audited) if naive_limit and audited else ''}\n")
             serve.stdin.flush()
             result["end_state"] = json.loads(serve.stdout.readline())
+            result["timeline"] = result["end_state"].pop("timeline")
+            result["load_average"] = [round(x, 2) for x in os.getloadavg()]
             return result, estate
     finally:
         serve.stdin.close()
@@ -232,6 +254,7 @@ def lower_bound(estate: dict[str, Any]) -> dict[str, int]:
     broken = [g for g in groups if g.get("stays_broken")]  # none in this generator's estates
     bound = {
         "vault pages": sum(max(1, math.ceil(live[v] / KV_PAGE)) for v in vaults),
+        "longest listing": max((max(1, math.ceil(live[v] / KV_PAGE)) for v in vaults), default=0),
         "project listings": sum(max(1, math.ceil(n / PROJECT_PAGE)) for n in per_org.values()),
         "group listings": sum(max(1, math.ceil(n / GROUP_PAGE)) for n in per_project.values()),
         "service-connection checks": len(per_project),
@@ -259,10 +282,11 @@ def drift_record(estate: dict[str, Any]) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--worker", choices=["kvlink", "sequential", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["kvlink", "plain", "sequential", "naive"], help=argparse.SUPPRESS)
     for field, default in asdict(Shape()).items():
         parser.add_argument(f"--{field}", type=type(default), default=default)
-    parser.add_argument("--skip-sequential", action="store_true", help="only run kvlink's audit")
+    parser.add_argument("--fast-latency", type=float, default=0.02, help="the second row's latency (0: none)")
+    parser.add_argument("--skip-sequential", action="store_true", help="only kvlink's audit and the plain script")
     parser.add_argument("--naive-sample", type=float, default=0.1, help="share of groups the naive audit runs on")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "audit_scale.json"))
     args = parser.parse_args()
@@ -270,28 +294,71 @@ def main() -> None:
         worker(args.worker)
         return
     shape = Shape(**{k: getattr(args, k) for k in asdict(Shape())})
-    print(f"estate: {shape}", flush=True)
-    kvlink, estate = contend("kvlink", shape)
-    results: dict[str, Any] = {"shape": asdict(shape), "drift": drift_record(estate), "kvlink": kvlink}
-    print(f"kvlink:     {kvlink}", flush=True)
+    fast = args.fast_latency > 0 and args.fast_latency != shape.latency
+    latencies = [shape.latency, *([args.fast_latency] if fast else [])]
+    limits = {"keyvault": KV_LIMIT, "devops": DEVOPS_LIMIT}
+    results: dict[str, Any] = {"shape": asdict(shape), "limits": limits, "latencies": []}
+    estate: dict[str, Any] = {}
+    for latency in latencies:
+        at = replace(shape, latency=latency)
+        print(f"estate: {at}", flush=True)
+        row: dict[str, Any] = {"latency": latency, "limits": limits}
+        for kind in ("kvlink", "plain"):
+            row[kind], estate = contend(kind, at)
+            print(f"{kind} at {latency * 1000:.0f} ms: {_brief(row[kind])}", flush=True)
+        results["latencies"].append(row)
+    results["drift"] = drift_record(estate)
+    results["kvlink"], results["plain"] = results["latencies"][0]["kvlink"], results["latencies"][0]["plain"]
     if not args.skip_sequential:
+        # The sequential audits run at the fast latency only: at 150 ms a call the straightforward one takes hours.
+        at = replace(shape, latency=latencies[-1])
         # The straightforward audit lists a vault for every group: ~10 minutes at full scale. It
         # runs on a sample of the groups and its time and calls are scaled up (it is sequential: linear).
         sample = max(1, round(shape.groups * args.naive_sample))
-        naive, _ = contend("naive", shape, naive_limit=sample)
+        naive, _ = contend("naive", at, naive_limit=sample)
         scale = shape.groups / max(1, naive["groups_audited"])
         naive["measured_on_groups"] = naive["groups_audited"]
         naive["seconds_measured"] = naive["seconds"]
         naive["seconds"] = naive["seconds"] * scale
         naive["calls"] = {k: round(v * scale) for k, v in naive["calls"].items()}
+        naive["latency"] = at.latency
         results["naive"] = naive
-        print(f"naive:      {naive}", flush=True)
-        results["sequential"], _ = contend("sequential", shape)
-        print(f"sequential: {results['sequential']}", flush=True)
+        print(f"naive:      {_brief(naive)}", flush=True)
+        results["sequential"], _ = contend("sequential", at)
+        results["sequential"]["latency"] = at.latency
+        print(f"sequential: {_brief(results['sequential'])}", flush=True)
     results["lower_bound"] = lower_bound(estate)
+    for row in results["latencies"]:
+        row["bound_seconds"] = bound_seconds(results["lower_bound"], row["latency"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k != "shape"}, indent=2))
+    for row in results["latencies"]:
+        print(
+            f"at {row['latency'] * 1000:.0f} ms: lower bound {row['bound_seconds']:.2f} s; "
+            + "; ".join(f"{kind} {_brief(row[kind])}" for kind in ("kvlink", "plain")),
+            flush=True,
+        )
+
+
+def _brief(r: dict[str, Any]) -> str:
+    calls = r["calls"]
+    return (
+        f"{r['seconds']:.2f} s, CPU {r.get('cpu_seconds', 0):.2f} s, {r.get('peak_rss_mb', 0):.0f} MB, "
+        f"KV {calls.get('keyvault GET', 0)}, DevOps {calls.get('devops GET', 0)}+{calls.get('devops PUT', 0)}, "
+        f"wrong {r['end_state']['groups_wrong']}, load {r.get('load_average')}"
+    )
+
+
+def bound_seconds(bound: dict[str, int], latency: float) -> float:
+    """The shortest any audit of the estate can take at ``latency`` a call, within the limits.
+
+    Key Vault: at most KV_LIMIT calls at once, and a vault's pages follow each other's nextLink,
+    so no faster than its pages ÷ the limit, nor than its longest listing. Azure DevOps: at most
+    DEVOPS_LIMIT calls at once. The two services run side by side: the slower one decides.
+    """
+    keyvault = max(math.ceil(bound["vault pages"] / KV_LIMIT), bound["longest listing"])
+    devops = math.ceil((bound["devops GET"] + bound["writes"]) / DEVOPS_LIMIT)
+    return round(max(keyvault, devops) * latency, 3)
 
 
 if __name__ == "__main__":

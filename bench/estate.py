@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import sys
@@ -31,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from standins._http import Call
 from standins.devops import DevOpsStandIn
 from standins.keyvault import KeyVaultStandIn
 from standins.tls import ThrowawayCA
@@ -51,13 +53,13 @@ MUST_WRITE = {
 @dataclass(frozen=True)
 class Shape:
     orgs: int = 1
-    projects: int = 50  # per organization
+    projects: int = 20  # per organization
     groups: int = 1000  # in all, spread evenly over the projects
     vaults: int = 200
     secrets: int = 100_000  # in all, spread evenly over the vaults
     drift: float = 0.1  # share of groups the generator drifts (some drift must be left alone)
     linked: float = 0.8  # share of groups registered as links; the rest are discovered
-    latency: float = 0.02  # seconds per stand-in call
+    latency: float = 0.15  # seconds per stand-in call: a round trip to Azure (tens to hundreds of ms)
     seed: int = 7
     edited_ago: float = 86_400.0  # seconds since a person last edited each group (0: just now)
 
@@ -210,6 +212,61 @@ def _kind(method: str, path: str) -> str:
     return f"other {method}"
 
 
+def timeline(kv_calls: list[Call], ado_calls: list[Call]) -> dict[str, Any]:
+    """What was in flight at the stand-ins, second by second, from their own start/end stamps.
+
+    Per second of the run (from the first call): the mean number of Key Vault calls in flight,
+    of Key Vault *chains* in flight (a vault's listing, from its first page's start to its last
+    page's end: the pages of one listing follow each other's ``nextLink``), and of Azure DevOps
+    calls in flight. A second whose numbers sit below the limits is capacity the run left idle.
+    Key Vault's 401 auth challenges are left out.
+    """
+    kv = [(c.started, c.finished, c.path.strip("/").split("/", 1)[0]) for c in kv_calls if c.status != 401]
+    ado = [(c.started, c.finished) for c in ado_calls]
+    if not kv and not ado:
+        return {"seconds": [], "span": {}}
+    t0 = min(start for start, *_ in kv + ado)
+    end = max(finish for _, finish, *_ in kv + ado)
+    chains: dict[str, list[float]] = {}
+    for start, finish, vault in kv:
+        chain = chains.setdefault(vault, [start, finish])
+        chain[0], chain[1] = min(chain[0], start), max(chain[1], finish)
+    buckets = max(1, math.ceil(end - t0))
+
+    def busy(intervals: list[tuple[float, float]]) -> list[float]:
+        """Mean concurrency per one-second bucket: interval time overlapping it, summed."""
+        out = [0.0] * buckets
+        for start, finish in intervals:
+            a, b = start - t0, finish - t0
+            i = int(a)
+            while i < buckets and i < b:
+                out[i] += max(0.0, min(b, i + 1) - max(a, i))
+                i += 1
+        return [round(x, 2) for x in out]
+
+    kv_calls_busy = busy([(s, f) for s, f, _ in kv])
+    kv_chains_busy = busy([(s, f) for s, f in chains.values()])
+    ado_busy = busy(ado)
+    spans = {
+        "total": round(end - t0, 2),
+        "keyvault first/last": [round(min(s for s, _, _ in kv) - t0, 2), round(max(f for _, f, _ in kv) - t0, 2)]
+        if kv
+        else None,
+        "devops first/last": [round(min(s for s, _ in ado) - t0, 2), round(max(f for _, f in ado) - t0, 2)]
+        if ado
+        else None,
+        "keyvault call-seconds": round(sum(f - s for s, f, _ in kv), 2),
+        "devops call-seconds": round(sum(f - s for s, f in ado), 2),
+    }
+    return {
+        "seconds": [
+            {"t": i, "kv_calls": kv_calls_busy[i], "kv_chains": kv_chains_busy[i], "devops_calls": ado_busy[i]}
+            for i in range(buckets)
+        ],
+        "span": spans,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="serve a synthetic estate on loopback until stdin closes")
     parser.add_argument("--shape", required=True, help="Shape as JSON")
@@ -241,6 +298,7 @@ def main() -> None:
             if command == "check":
                 result = check(specs, live, ado, set(arg.split(",")) if arg else None)
                 result["standin_calls"]["keyvault"] = dict(Counter(c.method for c in kv.calls if c.status != 401))
+                result["timeline"] = timeline(kv.calls, ado.calls)
                 print(json.dumps(result), flush=True)
         kv.stop()
         ado.stop()

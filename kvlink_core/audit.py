@@ -17,7 +17,6 @@ import gc
 import json
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -36,6 +35,7 @@ from .registry import Observation
 
 if TYPE_CHECKING:
     from .devops import VariableGroup
+    from .keyvault import Listed
     from .sync import Engine, GroupOutcome
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class AuditReport:
     stored: str | None = None  # the run id the report was stored under
     store_error: str | None = None  # why it could not be stored
     broken: list[BrokenGroup] = field(default_factory=list)  # groups with open breaking findings
+    listing_pages: dict[str, int] = field(default_factory=dict)  # pages per vault listed: the next run's order
 
     @property
     def open_findings(self) -> list[Finding]:
@@ -359,6 +360,7 @@ class _Listing:
     states: dict[str, SecretState]
     started: int  # time.time_ns() when the listing began
     notable: frozenset[str] = frozenset()
+    pages: int = 0
     decided: dict[tuple[Policy, bool], Decisions] = field(default_factory=dict)  # shared by its groups
 
 
@@ -378,12 +380,15 @@ class _Run:
         self.failed_orgs: set[str] = set()  # organizations whose projects could not be listed
         self.done = 0
         self.total = 0
-        self.vault_pool = ThreadPoolExecutor(self.settings.vault_concurrency, thread_name_prefix="kvlink-vault")
-        # Work threads mostly wait: on vault listings, or for one of the Azure DevOps slots.
+        self.started: list[Future[Listed]] = []  # the listings on Key Vault's listing loop
+        self.tail_rank = 0  # the rank a listing found late (a discovered group's vault) gets: see start_listings
+        # Work threads never wait for a listing (work is handed over when it is in): they wait for
+        # one of the Azure DevOps slots, or on Table storage.
         self.work_pool = ThreadPoolExecutor(4 * self.settings.devops_concurrency + 8, thread_name_prefix="kvlink-audit")
 
     # -- the run ------------------------------------------------------------------------
     def run(self) -> AuditReport:
+        self.engine.keyvault.prepare_listings()  # while the links are read
         try:
             # Organizations dropped from KVLINK_DEVOPS_ORGS are out of scope, links and all.
             links = {
@@ -391,9 +396,8 @@ class _Run:
                 for link in self.engine.registry.list_links()
                 if self.settings.org_allowed(link.organization)
             }
-            for link in links.values():
-                if self.settings.vault_allowed(link.vault):
-                    self.listing(link.vault)  # start early: listings are the slow part
+            # Start early: listings are the slow part.
+            self.start_listings({link.vault for link in links.values() if self.settings.vault_allowed(link.vault)})
             seen: set[GroupKey] = set()
             reconciles: list[Future[None]] = []
             scanned, failed = self.discover(seen, links, reconciles)
@@ -406,9 +410,15 @@ class _Run:
             self.clear_stale_queues(links)
             self.blast_radius()
         finally:
-            self.vault_pool.shutdown(wait=True, cancel_futures=True)
+            for listing in self.started:
+                listing.cancel()  # only those still running: the run failed
             self.work_pool.shutdown(wait=True, cancel_futures=True)
-        self.report.vaults = sum(1 for f in self.listings.values() if f.done() and f.exception() is None)
+        self.report.listing_pages = {
+            vault: f.result().pages
+            for vault, f in self.listings.items()
+            if f.done() and not f.cancelled() and f.exception() is None
+        }
+        self.report.vaults = len(self.report.listing_pages)
         self.report.findings.sort(
             key=lambda f: (
                 _SEVERITIES.index(f.severity),
@@ -456,8 +466,7 @@ class _Run:
                     continue  # a group shared with several projects is listed by each: one group
                 seen.add(key)
                 mine.append(group)
-                self.listing(vault)
-                reconciles.append(self.work_pool.submit(self.reconcile_listed, links.get(key), org, project, group))
+                reconciles.append(self.when_listed(vault, self.reconcile_listed, links.get(key), org, project, group))
             if mine:
                 endpoint_checks.append(self.work_pool.submit(self.check_endpoints, org, project, mine))
         for check in endpoint_checks:
@@ -795,19 +804,76 @@ class _Run:
             return _pipelines_unknown(err)
 
     # -- vaults ------------------------------------------------------------------------
-    def listing(self, vault: str) -> Future[_Listing]:
+    def start_listings(self, vaults: Iterable[str]) -> None:
+        """Start every listing at once, ranked so that Key Vault's call slots stay full to the end.
+
+        A vault's pages follow each other's nextLink, so its listing cannot be split: the longest
+        (by the pages it took last time, from the registry) start first and have the first claim on
+        the slots, or the run would end on a long listing running alone. Vaults with no record (new
+        links) go first, as they may be long. The last KVLINK_VAULT_CONCURRENCY listings share one
+        rank and so the slots, in turn: they end together, all slots busy until then. A vault only
+        a group listing names (a discovered group's) joins that share.
+        """
+        from azure.core.exceptions import AzureError
+
+        try:
+            known = self.engine.registry.vault_pages()
+        except (KvLinkError, AzureError) as err:  # only an order: the audit goes on without it
+            logger.warning("Audit could not read the last listing sizes (vaults listed in name order): %s", err)
+            known = {}
+        order = sorted(vaults, key=lambda vault: (vault in known, -known.get(vault, 0), vault))
+        self.tail_rank = max(0, len(order) - self.settings.vault_concurrency)
+        for rank, vault in enumerate(order):
+            self.listing(vault, rank=min(rank, self.tail_rank))
+
+    def listing(self, vault: str, *, rank: int | None = None) -> Future[_Listing]:
+        """The run's one listing of ``vault``, started on first asking."""
         with self.lock:
             future = self.listings.get(vault)
-            if future is None:
-                future = self.vault_pool.submit(self.list_vault, vault)
-                self.listings[vault] = future
-            return future
+            if future is not None:
+                return future
+            future = self.listings[vault] = Future()
+        started = self.engine.keyvault.start_listing(vault, rank=self.tail_rank if rank is None else rank)
+        self.started.append(started)
+        started.add_done_callback(lambda done: self.listed(future, done))
+        return future
 
-    def list_vault(self, vault: str) -> _Listing:
-        started = time.time_ns()
-        states = self.engine.keyvault.list_secrets(vault)
-        notable = notable_secrets(states, now=self.now, warning_days=self.settings.expiry_warning_days)
-        return _Listing(states, started, notable)
+    def listed(self, future: Future[_Listing], done: Future[Listed]) -> None:
+        """A listing is in (runs where it finished: on the listing loop, so it stays brief)."""
+        try:
+            listed = done.result()
+        except BaseException as err:  # noqa: BLE001 -- handed to whoever waits for the listing
+            future.set_exception(err)
+            return
+        notable = notable_secrets(listed.states, now=self.now, warning_days=self.settings.expiry_warning_days)
+        future.set_result(_Listing(listed.states, listed.started, notable, listed.pages))
+
+    def when_listed(self, vault: str, job: Callable[..., None], *args: Any) -> Future[None]:
+        """``job(*args)`` on the work pool once ``vault``'s listing is in, failed or not.
+
+        No thread waits for a listing: the groups of a vault listed early are written while
+        the others are still being listed, in the order the listings end.
+        """
+        outcome: Future[None] = Future()
+
+        def settle(work: Future[None]) -> None:
+            if work.cancelled():
+                outcome.cancel()
+            elif (err := work.exception()) is not None:
+                outcome.set_exception(err)
+            else:
+                outcome.set_result(None)
+
+        def hand_over(_: Future[_Listing]) -> None:
+            try:
+                work = self.work_pool.submit(job, *args)
+            except RuntimeError as err:  # the pool is shut down: the run failed already
+                outcome.set_exception(err)
+                return
+            work.add_done_callback(settle)
+
+        self.listing(vault).add_done_callback(hand_over)
+        return outcome
 
     def listed_at(self, vault: str) -> int | None:
         """When this run's successful listing of the vault began (ns), or None if it has none."""
@@ -915,6 +981,7 @@ def run_audit(
     summary = report.summary()
     if store:
         _store(engine, report, summary)
+        _remember_pages(engine, report)
     announced = {**summary, **report.storage()}
     logger.info("kvlink audit %s", json.dumps(announced, sort_keys=True))
     engine.notifier.audit_completed(announced)
@@ -969,6 +1036,18 @@ def _collector_tuned() -> Iterator[None]:
         gc.set_threshold(*thresholds)
         if not frozen:  # leave a freeze someone else made alone
             gc.unfreeze()
+
+
+def _remember_pages(engine: Engine, report: AuditReport) -> None:
+    """Each vault's page count, for the next run to start its longest listings first; never fails the audit."""
+    from azure.core.exceptions import AzureError
+
+    if not report.listing_pages:
+        return
+    try:
+        engine.registry.save_vault_pages(report.listing_pages)  # a vault not listed this run counts as new next time
+    except (KvLinkError, AzureError) as err:
+        logger.warning("Could not record the vaults' listing sizes (the next audit lists them in name order): %s", err)
 
 
 def _store(engine: Engine, report: AuditReport, summary: Mapping[str, Any]) -> None:

@@ -12,11 +12,15 @@ event path never imports asyncio or aiohttp.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote, urlsplit
 
 from .errors import TransientError, UpstreamError
@@ -33,6 +37,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class Listed(NamedTuple):
+    """A whole vault's listing, when its first page was asked for (``time.time_ns()``), and its pages."""
+
+    states: dict[str, SecretState]
+    started: int
+    pages: int
 
 
 class KeyVault:
@@ -89,8 +101,55 @@ class KeyVault:
         self._async_clients: dict[str, AsyncSecretClient] = {}
         self._aiohttp_session: Any = None
         self._lock = threading.Lock()
-        # Listings in flight at once, across the process (KVLINK_VAULT_CONCURRENCY).
+        # Calls in flight at once on the sync pipeline (KVLINK_VAULT_CONCURRENCY); listings on the
+        # listing loop take one of the loop's call slots per page instead (_CallSlots).
         self._slots = threading.BoundedSemaphore(settings.vault_concurrency)
+        self._call_slots: _CallSlots | None = None  # made on the listing loop, used there only
+        self._fallback: ThreadPoolExecutor | None = None  # start_listing without the async pipeline
+
+    def start_listing(self, vault: str, *, rank: int = 0) -> Future[Listed]:
+        """Begin listing ``vault`` and return at once; the future holds :meth:`list_secrets`' answer.
+
+        Every listing started so shares KVLINK_VAULT_CONCURRENCY *calls* in flight, page by page:
+        a listing waiting on its own next page (between two calls) holds no slot, so another one
+        uses it. A free slot goes to the waiting page of the lowest ``rank`` (ties: first come),
+        so a caller that ranks its longest listings first has them finish first, and listings of
+        equal rank share the slots fairly. The future fails with kvlink's errors, as list_secrets does.
+        """
+        if not self._list_async:
+            with self._lock:
+                if self._fallback is None:
+                    self._fallback = ThreadPoolExecutor(self._settings.vault_concurrency, "kvlink-vault")
+                pool = self._fallback
+
+            def listing() -> Listed:
+                started = time.time_ns()
+                states = self.list_secrets(vault)
+                return Listed(states, started, max(1, -(-len(states) // 25)))  # 25 a page
+
+            return pool.submit(listing)
+        return self._event_loop().submit(self._alist_ranked(vault, rank))
+
+    def prepare_listings(self) -> None:
+        """Start the listing loop and its imports and session now, without waiting: a caller that
+        reads its own records first (the audit: its links) then starts its listings on a warm loop."""
+        if self._list_async:
+            self._event_loop().submit(self._aprepare())
+
+    async def _aprepare(self) -> None:
+        from azure.keyvault.secrets.aio import SecretClient  # noqa: F401 -- imported here, off the caller's path
+
+        if self._async_transport_factory is None:
+            await self._aiohttp_transport()
+
+    async def _alist_ranked(self, vault: str, rank: int) -> Listed:
+        try:
+            return await self._alist_paged(vault, rank)
+        except Exception as err:
+            translated = _translated(vault, "list the secrets of", err)
+            if translated is err:
+                raise
+            raise translated from err
 
     def list_secrets(self, vault: str) -> dict[str, SecretState]:
         """Every secret's current properties, keyed by lower-cased name.
@@ -106,27 +165,42 @@ class KeyVault:
                 states[state.key] = state
             return states
 
+        if self._list_async:  # the loop's call slots bound it, page by page
+            return _translate(vault, "list the secrets of", lambda: self._event_loop().run(self._alist(vault)))
         with self._slots:
-            if self._list_async:
-                return _translate(vault, "list the secrets of", lambda: self._event_loop().run(self._alist(vault)))
             return _translate(vault, "list the secrets of", listing)
 
     async def _alist(self, vault: str) -> dict[str, SecretState]:
         """:meth:`list_secrets` on the async pipeline (runs on the listing loop)."""
+        return (await self._alist_paged(vault, 0)).states
+
+    async def _alist_paged(self, vault: str, rank: int) -> Listed:
+        """One vault's listing, each page sent within one of the loop's call slots."""
         from azure.core.rest import HttpRequest
 
+        if self._call_slots is None:
+            self._call_slots = _CallSlots(self._settings.vault_concurrency)
+        slots = self._call_slots
         client = await self._async_client(vault)
         origin = _origin(self._settings.vault_url(vault))
         states = {}
+        started: int | None = None
+        pages = 0
         url: str | None = "/secrets?maxresults=25"
         while url:
-            response = await client.send_request(HttpRequest("GET", url))
+            pages += 1
+            await slots.acquire(rank)
+            try:
+                started = started or time.time_ns()
+                response = await client.send_request(HttpRequest("GET", url))
+            finally:
+                slots.release()
             body = _page(response)
             for item in body.get("value") or []:
                 state = _state(item, versioned=False)
                 states[state.key] = state
             url = _next_link(body, origin, response)
-        return states
+        return Listed(states, started or time.time_ns(), pages)
 
     def _event_loop(self) -> _Loop:
         with self._lock:
@@ -231,6 +305,9 @@ class KeyVault:
 
     def close(self) -> None:
         with self._lock:
+            if self._fallback is not None:
+                self._fallback.shutdown(wait=True, cancel_futures=True)
+                self._fallback = None
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
@@ -292,12 +369,52 @@ class _Loop:
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the loop and wait for it from the calling thread."""
-        return self._asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return self.submit(coroutine).result()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        """Start ``coroutine`` on the loop; its future is settled there (done-callbacks run on the loop)."""
+        return self._asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+
+
+class _CallSlots:
+    """At most ``limit`` calls in flight on the listing loop; a freed slot goes to the lowest rank waiting.
+
+    Loop-only (no lock). Waiters of one rank are served first come, first served, so a page that
+    just came back queues behind its peers: listings of equal rank advance in turn.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiting: list[tuple[int, int, Any]] = []  # a heap of (rank, arrival, future)
+        self._arrivals = itertools.count()
+
+    async def acquire(self, rank: int) -> None:
+        import asyncio
+
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (rank, next(self._arrivals), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # handed a slot as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            _, _, granted = heapq.heappop(self._waiting)
+            if not granted.done():
+                granted.set_result(None)  # the slot passes straight to the waiter
+                return
+        self._free += 1
 
 
 class _AsyncCredential:
@@ -396,6 +513,17 @@ def _epoch(value: Any) -> datetime | None:
 
 def _translate(vault: str, action: str, call: Callable[[], T]) -> T:
     """Turn a Key Vault call's failures into kvlink's errors."""
+    try:
+        return call()
+    except Exception as err:
+        translated = _translated(vault, action, err)
+        if translated is err:
+            raise
+        raise translated from err
+
+
+def _translated(vault: str, action: str, err: Exception) -> Exception:
+    """kvlink's error for a Key Vault call's failure (``err`` itself when kvlink has none for it)."""
     from azure.core.exceptions import (
         ClientAuthenticationError,
         HttpResponseError,
@@ -403,39 +531,38 @@ def _translate(vault: str, action: str, call: Callable[[], T]) -> T:
         ServiceResponseError,
     )
 
-    try:
-        return call()
-    except _NotFoundError as err:
-        raise UpstreamError("keyvault", 404, f"vault {vault!r} was not found (cannot {action} it)") from err
-    except _UnexpectedError as err:
-        raise UpstreamError("keyvault", err.response.status_code, f"vault {vault!r}: {err} ({action})") from err
-    except ClientAuthenticationError as err:
-        raise UpstreamError(
+    if isinstance(err, _NotFoundError):
+        return UpstreamError("keyvault", 404, f"vault {vault!r} was not found (cannot {action} it)")
+    if isinstance(err, _UnexpectedError):
+        return UpstreamError("keyvault", err.response.status_code, f"vault {vault!r}: {err} ({action})")
+    if isinstance(err, ClientAuthenticationError):
+        return UpstreamError(
             "keyvault",
             _status(err),
             f"Key Vault refused kvlink's identity when trying to {action} vault {vault!r}",
-        ) from err
-    except (ServiceRequestError, ServiceResponseError) as err:
-        raise TransientError(
+        )
+    if isinstance(err, ServiceRequestError | ServiceResponseError):
+        return TransientError(
             f"could not reach vault {vault!r} to {action} it: {type(err).__name__}", system="keyvault"
-        ) from err
-    except HttpResponseError as err:
+        )
+    if isinstance(err, HttpResponseError):
         status = _status(err)
         if status == 403:
-            raise UpstreamError(
+            return UpstreamError(
                 "keyvault",
                 403,
                 f"kvlink may not {action} vault {vault!r}: grant its identity the secret permission "
                 "'List' (access policy) or the role 'Key Vault Reader' (RBAC); it never needs 'Get'",
-            ) from err
+            )
         if status is not None and (status == 429 or status >= 500):
-            raise TransientError(
+            return TransientError(
                 f"vault {vault!r} answered HTTP {status} while kvlink tried to {action} it",
                 retry_after=_retry_after(err),
                 system="keyvault",
                 status=status,
-            ) from err
-        raise UpstreamError("keyvault", status, f"vault {vault!r} answered HTTP {status} to {action}") from err
+            )
+        return UpstreamError("keyvault", status, f"vault {vault!r} answered HTTP {status} to {action}")
+    return err
 
 
 def _status(err: Any) -> int | None:

@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,10 @@ _BATCH = 100  # entities per Table transaction
 _BATCH_BYTES = 3 * 1024 * 1024  # a transaction's estimated size; the limit is 4 MiB
 _PART_CHARS = 30_000  # characters per report property: 60 KB in UTF-16, under the 64 KiB limit
 _PARTS_PER_ROW = 15  # report properties per entity: 900 KB, under the 1 MiB limit
+# The audit's memory of listing sizes, in the audit table beside the runs ("vaults" sorts after "findings|~").
+_SIZES_PARTITION = "vaults"
+_REPORT_WRITERS = 4  # a report's transactions in flight at once
+_SIZES_ROW = "pages"
 _LOOK_UP = object()  # save_link: find the previous link first
 
 
@@ -639,6 +644,35 @@ class Registry:
         except (AzureError, _OutOfTimeError) as err:
             logger.warning("Could not remove the rows of an audit report that failed to save: %s", type(err).__name__)
 
+    # -- listing sizes (the audit starts its longest listings first) -----------------------------
+    def vault_pages(self) -> dict[str, int]:
+        """How many pages each vault's listing took in the last audit that stored them; {} before any."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        table = self._table(AUDIT_TABLE)
+        try:
+            with self._storage("read listing sizes"):
+                entity = table.get_entity(_SIZES_PARTITION, _SIZES_ROW)
+        except ResourceNotFoundError:
+            return {}
+        return {str(vault): int(pages) for vault, pages in json.loads(_joined(entity, "Pages")).items()}
+
+    def save_vault_pages(self, pages: Mapping[str, int]) -> None:
+        """Remember each vault's page count for the next audit (one entity; the largest vaults if it overflows)."""
+        from azure.data.tables import UpdateMode
+
+        ordered = sorted(pages.items(), key=lambda item: (-item[1], item[0]))
+        rows = _pack("Pages", dict(ordered))
+        while len(rows) > 1:  # beyond ~40,000 vaults: keep the largest, the ones whose order matters
+            ordered = ordered[: len(ordered) * 9 // 10]
+            rows = _pack("Pages", dict(ordered))
+        table = self._table(AUDIT_TABLE)
+        with self._storage("save listing sizes"):
+            table.upsert_entity(
+                {"PartitionKey": _SIZES_PARTITION, "RowKey": _SIZES_ROW, **rows[0]},
+                mode=UpdateMode.REPLACE,
+            )
+
     # -- vault work (diagnostic-log path) -------------------------------------------------
     def add_vault_work(self, vault: str, names: Iterable[str]) -> None:
         """Remember that these secrets need a decision, before acting: Event Hubs checkpoints the
@@ -1086,19 +1120,29 @@ def _joined(entity: Mapping[str, Any], name: str) -> str:
 
 
 def _in_report_transactions(table: TableClient, rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> None:
-    """Create rows of one partition in transactions within both limits: 100 entities and 4 MiB."""
-    batch: list[Any] = []
+    """Create rows of one partition in transactions within both limits: 100 entities and 4 MiB.
+
+    The transactions create distinct rows, so they go a few at once: a large estate's report is a
+    dozen of them, one round trip each, at the end of the audit's critical path.
+    """
+    batches: list[list[Any]] = [[]]
     size = 0
     for row in rows:
         # On the wire, JSON escaping can double a string (quotes, backslashes): count it twice.
         row_size = 1024 + sum(2 * len(v) for v in row.values() if isinstance(v, str))
-        if batch and (len(batch) == _BATCH or size + row_size > _BATCH_BYTES):
-            table.submit_transaction(batch, **kwargs)
-            batch, size = [], 0
-        batch.append(("create", row))
+        if batches[-1] and (len(batches[-1]) == _BATCH or size + row_size > _BATCH_BYTES):
+            batches.append([])
+            size = 0
+        batches[-1].append(("create", row))
         size += row_size
-    if batch:
-        table.submit_transaction(batch, **kwargs)
+    batches = [batch for batch in batches if batch]
+    if len(batches) <= 1:
+        for batch in batches:
+            table.submit_transaction(batch, **kwargs)
+        return
+    with ThreadPoolExecutor(min(_REPORT_WRITERS, len(batches)), thread_name_prefix="kvlink-report") as pool:
+        for done in [pool.submit(table.submit_transaction, batch, **kwargs) for batch in batches]:
+            done.result()  # the first failure raises (the caller removes what was written)
 
 
 def _in_batches(table: TableClient, operations: Sequence[Any], **kwargs: Any) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import json
 import re
 import ssl
 import threading
@@ -907,8 +908,10 @@ class DevOpsStandIn(StandInServer):
                     follow = groups[top] if self.continuation_inclusive or top == 0 else groups[top - 1]
                     headers["X-MS-ContinuationToken"] = str(follow["id"])
                 groups = groups[:top]
-            page = copy.deepcopy(groups)
-        return Response(200, {"count": len(page), "value": page}, headers)
+            # Serialized under the lock, as a copy would be: a large estate's page is megabytes, and a
+            # deep copy of it costs the stand-in several times the CPU of the JSON it becomes.
+            body = json.dumps({"count": len(groups), "value": groups}).encode("utf-8")
+        return Response(200, body, headers)
 
     # -- variable groups: writes -----------------------------------------------------------
     def _add_group(self, request: Request, org: str, identity: Mapping[str, Any]) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 
 import azure.functions as func
@@ -363,9 +364,10 @@ class TestCallCounts:
             "serviceendpoint/endpoints",
         ]
         assert [c.path.rsplit("/", 1)[1] for c in estate.ado.writes(estate.org)] == [str(drifted)]
-        # links, vault work and queues scanned once each; for the written group only: lease create, renewal
-        # before the PUT, write marker, release (the marker is no longer read: every write re-reads the group)
-        assert estate.table_calls.by_method == {"GET": 3, "POST": 1, "PUT": 1, "PATCH": 1, "DELETE": 1}
+        # links, the last run's listing sizes, vault work and queues read once each; for the written group
+        # only: lease create, renewal before the PUT, write marker, release (the marker is no longer read:
+        # every write re-reads the group)
+        assert estate.table_calls.by_method == {"GET": 4, "POST": 1, "PUT": 1, "PATCH": 1, "DELETE": 1}
 
 
 def ok_3(group: dict) -> dict:
@@ -461,6 +463,81 @@ class TestMemory:
         run_audit(big.engine, store=False)
 
         assert (gc.get_threshold(), gc.get_freeze_count()) == before
+
+
+class TestScheduling:
+    """How the audit keeps its allowed concurrency busy: behaviour, never timing."""
+
+    def test_longest_listings_start_first_by_the_last_runs_page_counts(self, estate):
+        """With one Key Vault call at a time the order of each vault's first page is the order listings
+        start: a vault with no record first (it may be long), then by the pages the last audit stored."""
+        short, long_, middle, new = (f"{estate.vault}{s}" for s in ("s", "l", "m", "n"))
+        for vault, secrets in ((short, 3), (long_, 60), (middle, 30), (new, 3)):
+            for i in range(secrets):
+                estate.kv.set_secret(vault, f"s-{i}")
+        engine = estate.engine(KVLINK_VAULT_CONCURRENCY="1", KVLINK_ALLOWED_VAULTS=f"{short},{long_},{middle},{new}")
+        for vault in (short, long_, middle, new):
+            group = estate.group(f"group-{vault}", ["s-0"], vault=vault)
+            estate.link(engine, group, vault=vault)
+        # What an earlier audit recorded (a long vault is listed in more pages); `new` was not listed then.
+        engine.registry.save_vault_pages({short: 1, long_: 3, middle: 2})
+        estate.kv.reset_calls()
+
+        run_audit(engine, store=False)
+
+        calls = sorted((c for c in estate.kv.calls if c.status == 200), key=lambda c: c.started)
+        first_pages = list(dict.fromkeys(c.path.strip("/").split("/", 1)[0] for c in calls))
+        assert first_pages == [new, long_, middle, short]
+
+    def test_an_audit_stores_each_vaults_page_count_for_the_next(self, estate):
+        for i in range(30):  # 25 secrets a page: two pages
+            estate.kv.set_secret(estate.vault, f"app-{i}")
+        engine = estate.engine()
+        estate.link(engine, estate.group("app-kv", ["app-0"]))
+
+        run_audit(engine)
+
+        assert engine.registry.vault_pages() == {estate.vault: 2}
+
+    def test_a_group_is_written_while_another_vaults_listing_is_still_running(self, estate, monkeypatch):
+        """More groups wait for a slow vault than the audit has work threads; a group of a vault listed
+        already is still written before the slow listing ends (work is handed over when a listing is in,
+        no thread waits for one)."""
+        slow = f"{estate.vault}slow"
+        estate.kv.set_secret(slow, "app-1")
+        estate.kv.set_secret(estate.vault, "app-1")
+        estate.kv.set_secret(estate.vault, "app-2")
+        # KVLINK_DEVOPS_CONCURRENCY=1: the audit's work pool has 4 * 1 + 8 = 12 threads.
+        engine = estate.engine(KVLINK_DEVOPS_CONCURRENCY="1", KVLINK_ALLOWED_VAULTS=f"{estate.vault},{slow}")
+        for i in range(16):  # listed first (ids ascending), in step: nothing to write
+            estate.group(f"slow-{i:02d}", ["app-1"], vault=slow)
+        drifted = estate.group("drifted-kv", ["app-1"])  # lacks app-2
+        estate.link(engine, drifted)
+        written = threading.Event()
+        released_by_write: list[bool] = []
+        kv_handle, ado_handle = estate.kv.handle, estate.ado.handle
+
+        def slow_vault(request):
+            if request.path.strip("/").startswith(slow) and not released_by_write:
+                # Hold the slow vault's listing until the drifted group is written (or give up: then it was not).
+                released_by_write.append(written.wait(timeout=30))
+            return kv_handle(request)
+
+        def devops(request):
+            response = ado_handle(request)
+            if request.method == "PUT" and request.path.endswith(f"/variablegroups/{drifted}"):
+                written.set()
+            return response
+
+        monkeypatch.setattr(estate.kv, "handle", slow_vault)
+        monkeypatch.setattr(estate.ado, "handle", devops)
+
+        report = run_audit(engine, store=False)
+
+        assert released_by_write == [True]
+        assert estate.names(drifted) == ["app-1", "app-2"]
+        assert report.groups_changed == 1
+        assert report.unreached == []
 
 
 # -- the registry rebuilt from Azure DevOps (kvlink_core.marker) ---------------------------------------

@@ -37,10 +37,11 @@ def _bench(module: str, out: Path, *args: str) -> Any:
 def audit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench") / "audit.json"
     shape = ["--groups", str(GROUPS), "--vaults", str(VAULTS), "--secrets", str(SECRETS), "--projects", str(PROJECTS)]
-    return _bench("audit_scale", out, *shape, "--latency", "0", "--drift", "0.5", "--naive-sample", "0.25")
+    latency = ["--latency", "0", "--fast-latency", "0"]
+    return _bench("audit_scale", out, *shape, *latency, "--drift", "0.5", "--naive-sample", "0.25")
 
 
-@pytest.mark.parametrize("contender", ["kvlink", "sequential", "naive"])
+@pytest.mark.parametrize("contender", ["kvlink", "plain", "sequential", "naive"])
 def test_audit_leaves_every_group_as_the_generator_says(audit, contender):
     """After the audit each group maps exactly what the generator recorded, and only the drifted ones were written."""
     drift, end = audit["drift"], audit[contender]["end_state"]
@@ -57,7 +58,7 @@ def test_audit_leaves_every_group_as_the_generator_says(audit, contender):
 
 def test_audit_lists_each_vault_once_and_writes_only_drifted_groups(audit):
     pages_per_vault = math.ceil(SECRETS / VAULTS / 25)
-    for contender in ("kvlink", "sequential"):
+    for contender in ("kvlink", "plain", "sequential"):
         calls = audit[contender]["calls"]
         assert calls["keyvault GET"] == VAULTS * pages_per_vault == audit["lower_bound"]["vault pages"]
         assert calls["devops PUT"] == audit["drift"]["must_write"]
@@ -77,6 +78,40 @@ def test_audit_lower_bound_comes_from_the_shape(audit):
     assert audit["sequential"]["calls"]["devops GET"] == 1 + PROJECTS + drifted
 
 
+def test_audit_bound_in_time_comes_from_the_shape_and_the_limits():
+    """Pages over the Key Vault limit, no less than the longest listing; Azure DevOps calls over its limit."""
+    from bench.audit_scale import bound_seconds
+
+    # 200 vaults of 20 pages at 32 calls at once: 125 rounds; 247 Azure DevOps calls at 4 at once: 62 rounds.
+    bound = {"vault pages": 4000, "longest listing": 20, "devops GET": 144, "writes": 103}
+    assert bound_seconds(bound, 0.15) == pytest.approx(125 * 0.15)
+    # One vault of 200 pages: its chain of nextLinks decides, not the limit.
+    assert bound_seconds({**bound, "vault pages": 200, "longest listing": 200}, 0.1) == pytest.approx(20.0)
+    # Few pages, many writes: Azure DevOps decides.
+    assert bound_seconds({**bound, "vault pages": 32, "longest listing": 1}, 0.1) == pytest.approx(6.2)
+
+
+def test_audit_timeline_counts_what_was_in_flight(audit):
+    """The stand-ins' own stamps: every Key Vault page and Azure DevOps call is in some second of the timeline."""
+    for contender in ("kvlink", "plain"):
+        timeline = audit[contender]["timeline"]
+        span = timeline["span"]
+        busy_kv = sum(second["kv_calls"] for second in timeline["seconds"])
+        busy_ado = sum(second["devops_calls"] for second in timeline["seconds"])
+        assert busy_kv == pytest.approx(span["keyvault call-seconds"], abs=0.05)
+        assert busy_ado == pytest.approx(span["devops call-seconds"], abs=0.05)
+        assert len(timeline["seconds"]) >= 1
+
+
+def test_docs_summary_agrees_with_the_results():
+    """docs/benchmarks.md's audit numbers are the ones in bench/results/audit_scale.json, written by the bench."""
+    from bench.__main__ import DOCS, docs_with_summary
+
+    result = json.loads((ROOT / "bench" / "results" / "audit_scale.json").read_text())
+    text = DOCS.read_text()
+    assert docs_with_summary(text, result) == text
+
+
 def test_audit_reads_each_written_group_under_its_lease(audit):
     assert audit["kvlink"]["calls"]["devops GET"] == audit["lower_bound"]["devops GET"]
 
@@ -91,7 +126,8 @@ def test_audit_of_a_repaired_estate_looks_up_no_pipelines(audit):
 def test_audit_pages_through_both_platforms(tmp_path):
     """110 groups in one project (two Azure DevOps pages at kvlink's size), 26 secrets a vault (two Key Vault pages)."""
     shape = ["--groups", "110", "--projects", "1", "--vaults", "2", "--secrets", "52", "--drift", "0.3"]
-    result = _bench("audit_scale", tmp_path / "audit.json", *shape, "--latency", "0", "--skip-sequential")
+    latency = ["--latency", "0", "--fast-latency", "0"]
+    result = _bench("audit_scale", tmp_path / "audit.json", *shape, *latency, "--skip-sequential")
     end = result["kvlink"]["end_state"]
     assert end["groups_checked"] == 110
     assert end["groups_wrong"] == 0, end["wrong_examples"]

@@ -189,3 +189,46 @@ def test_one_secret_takes_the_sync_pipeline(estate, reader):
 
     assert reader.secret_state(estate.vault, "app-one").exists
     assert reader._loop is None
+
+
+class TestCallSlots:
+    """The listing loop's call slots: a bound on calls in flight, handed to the lowest rank waiting."""
+
+    def test_a_freed_slot_goes_to_the_lowest_rank_then_first_come(self):
+        import asyncio
+
+        from kvlink_core.keyvault import _CallSlots
+
+        async def scenario() -> tuple[list[str], int]:
+            slots = _CallSlots(2)
+            served: list[str] = []
+            in_flight = peak = 0
+            release: dict[str, asyncio.Event] = {}
+
+            async def call(name: str, rank: int) -> None:
+                nonlocal in_flight, peak
+                release[name] = asyncio.Event()
+                await slots.acquire(rank)
+                served.append(name)
+                in_flight += 1
+                peak = max(peak, in_flight)
+                await release[name].wait()
+                in_flight -= 1
+                slots.release()
+
+            tasks = [asyncio.create_task(call(name, rank)) for name, rank in (("a", 5), ("b", 5))]
+            await asyncio.sleep(0)  # both hold a slot now
+            # Waiting, in this order of arrival: two of rank 3, one of rank 1, one of rank 3.
+            for name, rank in (("c", 3), ("d", 3), ("e", 1), ("f", 3)):
+                tasks.append(asyncio.create_task(call(name, rank)))
+                await asyncio.sleep(0)
+            for name in "abecdf":  # each holder lets go in turn; a freed slot passes straight on
+                release[name].set()
+                for _ in range(3):
+                    await asyncio.sleep(0)
+            await asyncio.gather(*tasks)
+            return served, peak
+
+        served, peak = asyncio.run(scenario())
+        assert served == ["a", "b", "e", "c", "d", "f"]
+        assert peak == 2
