@@ -738,6 +738,33 @@ class TestMarkersBroughtInStep:
         again = run_audit(engine, store=False)
         assert [f for f in again.findings if f.group_id == apps] == []
 
+    def test_a_marker_edited_into_nonsense_while_linked_is_put_back(self, estate):
+        engine = estate.engine()
+        estate.kv.set_secret(estate.vault, "app-1")
+        apps = link_through_kvlink(engine, estate, "apps-kv", include=["app-*"])
+        estate.ado.edit_group(estate.org, apps, describe("[kvlink v1 mode=sometimes include=app-* expired=keep]"))
+
+        report = run_audit(engine, store=False)
+
+        [finding] = [f for f in report.findings if f.group_id == apps]
+        assert (finding.kind, finding.severity, finding.repaired) == ("link-marker-changed", "warning", True)
+        assert "cannot be read (mode=sometimes is not merge or mirror)" in finding.message
+        assert estate.ado.group(estate.org, apps)["description"] == self.APPS
+
+    def test_a_description_too_long_for_the_marker_is_reported_not_written(self, estate):
+        """kvlink keeps descriptions within 1,024 characters (kvlink_core/marker.py, DESCRIPTION_LIMIT)."""
+        engine = estate.engine()
+        apps = self.quiet_unmarked_group(estate, engine)
+        estate.ado.edit_group(estate.org, apps, describe("x" * 1000))
+        estate.ado.reset_calls()
+
+        report = run_audit(engine, store=False)
+
+        [finding] = [f for f in report.findings if f.group_id == apps]
+        assert (finding.kind, finding.severity, finding.repaired) == ("link-marker-too-long", "warning", False)
+        assert "would come back as discovered" in finding.message
+        assert estate.ado.writes(estate.org) == []  # the write could not carry the marker: none is made for it
+
     def test_an_upgraded_deployment_survives_losing_its_tables(self, estate):
         """Links made before markers, audited once, then the tables lost: every group comes back linked."""
         engine = estate.engine()
