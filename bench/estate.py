@@ -39,6 +39,9 @@ from standins.tls import ThrowawayCA
 
 TOKEN = "kvlink-emulator-token"
 PAT = "bench-pat"
+# The default policy's marker (merge, every name, expired kept), spelled out from the v1 format in
+# docs/how-it-works.md rather than asked of kvlink: the generator describes the estate, kvlink is the contender.
+MARKER = "[kvlink v1 mode=merge include=* expired=keep]"
 _PUT_PATH = re.compile(r"/([^/]+)/_apis/distributedtask/variablegroups/(\d+)")
 
 # The kinds of drift the generator makes, and whether an audit must write the group.
@@ -62,6 +65,9 @@ class Shape:
     latency: float = 0.15  # seconds per stand-in call: a round trip to Azure (tens to hundreds of ms)
     seed: int = 7
     edited_ago: float = 86_400.0  # seconds since a person last edited each group (0: just now)
+    # Linked groups carry their policy's marker in their description, as linking through kvlink leaves
+    # them (steady state); False: links made before kvlink kept markers, which the first audit marks.
+    marked: bool = True
 
     def org(self, i: int) -> str:
         return f"bench-org{i}"
@@ -127,7 +133,16 @@ def seed(shape: Shape, kv: KeyVaultStandIn, ado: DevOpsStandIn) -> tuple[list[Gr
                         secret = names[rng.randrange(len(names))]
                         mapped.remove(secret)
                 name = f"group-{n:05d}"
-                gid = ado.add_group(org, project, name, vault=vault, service_endpoint_id=endpoint, variables=mapped)
+                description = MARKER if linked and shape.marked else ""
+                gid = ado.add_group(
+                    org,
+                    project,
+                    name,
+                    vault=vault,
+                    service_endpoint_id=endpoint,
+                    variables=mapped,
+                    description=description,
+                )
                 if shape.edited_ago:
                     _backdate(ado, org, gid, shape.edited_ago)
                 specs.append(GroupSpec(org, project, gid, name, vault, linked, drift, secret))

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.estate import MARKER
 from bench.lab import Lab
 
 ORG, PROJECT = "bench-org", "Payments"
@@ -76,7 +77,8 @@ def single(lab: Lab, system: str, how: str, cap: float) -> dict[str, Any]:
     try:
         name = f"g-{system}-{how}"
         lab.kv.set_secret(vault, "seed")
-        gid = lab.ado.add_group(ORG, PROJECT, name, vault=vault, variables=["seed"])
+        # Linked through kvlink in steady state: the group carries its policy marker, so the audit has none to write.
+        gid = lab.ado.add_group(ORG, PROJECT, name, vault=vault, variables=["seed"], description=MARKER)
         engine.registry.save_link(Link(ORG, PROJECT, gid, name, vault), previous=None)
         warm = secret_event(vault, "seed", lab.kv.set_secret(vault, "seed"))
         engine.handle_event(warm)  # pooled connections everywhere: a silence meets a read, as in production

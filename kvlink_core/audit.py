@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .devops import Pipeline, PipelineAccess
 from .errors import KvLinkError, UpstreamError
-from .marker import MarkerError, group_policy
+from .marker import MarkerError, TooLongError, group_policy, marked_group
 from .model import GroupKey, Link, Policy, SecretState, VaultKey
 from .names import check_secret
 from .plan import Decisions, Plan, decide, plan_group
@@ -167,6 +167,8 @@ class AuditReport:
 
 # Findings that mean "the group is not what it should be" (repairable drift).
 _DRIFT = frozenset({"secret-deleted", "secret-disabled", "secret-missing", "sync-refused"})
+# Findings about the policy marker in a linked group's description, settled by the group's write.
+_MARKER = frozenset({"link-marked", "link-marker-changed"})
 # Findings that, while open, stop pipelines that use the group: the audit names those pipelines.
 BREAKING = frozenset(
     {
@@ -583,10 +585,16 @@ class _Run:
             warning_days=self.settings.expiry_warning_days,
             notable=listing.notable,
         )
-        if not plan.changed:
-            self.add(*findings)
+        mark = self.marker_check(link, group)
+        if mark is not None and mark.kind == "link-marker-too-long":
+            findings.append(mark)  # the write would leave the marker out: nothing to write for it
+            mark = None
+        if not plan.changed and (mark is None or self.dry_run):
+            self.add(*findings, *([mark] if mark else []))
             self.record(link, group.variables, "unchanged")
             return
+        if mark is not None:
+            findings.append(mark)
         observations = [Observation(state, at=listing.started) for state in listing.states.values()]
         try:
             # The listing only says the group drifted. The write re-reads it under the lease and plans
@@ -598,6 +606,7 @@ class _Run:
                 dry_run=self.dry_run,
                 known=group if self.dry_run else None,
                 origin="audit",
+                marker="write" if mark is not None else "keep",
             )
         except KvLinkError as err:
             self.add(
@@ -609,14 +618,63 @@ class _Run:
         self.outcome(link, outcome, findings)
         self.record(link, group.variables if outcome.names is None else outcome.names, outcome.status)
 
+    def marker_check(self, link: Link, group: VariableGroup) -> Finding | None:
+        """A linked group whose listed description does not carry its link's policy, as a finding
+        (None when it does): the write that follows puts the registry's marker there.
+
+        Links made before kvlink kept markers have none until something writes them; without one, a
+        lost registry would turn the group into a discovered one unannounced. A marker edited by hand
+        into another policy is overwritten: while the link exists, the registry's policy is the one
+        applied. Pure: decided from the listing, so groups in step cost nothing.
+        """
+        if link.prune_only:
+            return None
+        try:
+            if marked_group(group.raw, link.policy) is None:
+                return None
+        except TooLongError as err:
+            message = (
+                f"kvlink cannot keep the link's policy in the group's description ({err}); "
+                "if kvlink's registry were lost, the group would come back as discovered (prune only)"
+            )
+            return Finding.about(link, "warning", "link-marker-too-long", message)
+        ours = policy_summary(link)
+        done = "would write" if self.dry_run else "writes"
+        try:
+            carried = group_policy(group.raw)
+        except MarkerError as err:
+            message = (
+                f"the group's kvlink marker cannot be read ({err}); the audit {done} the link's policy "
+                f"({ours}) in its place: while the group is linked, the registry's policy applies"
+            )
+            return Finding.about(link, "warning", "link-marker-changed", message)
+        if carried is not None and carried != link.policy:
+            theirs = policy_summary(replace(link, policy=carried))
+            message = (
+                f"the group's description says policy ({theirs}) but its link says ({ours}); the audit {done} "
+                "the link's policy back: while the group is linked, the registry's policy applies "
+                "(link the group again to change it)"
+            )
+            return Finding.about(link, "warning", "link-marker-changed", message)
+        message = (
+            f"the group's description did not carry its link's policy; the audit {done} it ({ours}), "
+            "so a lost registry can be rebuilt from Azure DevOps"
+        )
+        return Finding.about(link, "info", "link-marked", message)
+
     def outcome(self, link: Link, outcome: GroupOutcome, findings: list[Finding]) -> None:
         plan = outcome.plan or Plan()
         if outcome.status == "applied":
             changed = {n.lower() for n in plan.remove} | {s.key for s in plan.add}
             findings = [
-                replace(f, repaired=True) if f.kind in _DRIFT and (f.secret or "").lower() in changed else f
+                replace(f, repaired=True)
+                if (f.kind in _DRIFT and (f.secret or "").lower() in changed) or f.kind in _MARKER
+                else f
                 for f in findings
             ]
+            if not plan.changed:  # only the marker was written: the group's names are as they were
+                self.add(*findings)
+                return
             with self.lock:
                 self.report.groups_changed += 1
                 self.report.names_added += len(plan.add)
@@ -636,7 +694,7 @@ class _Run:
                 )
             )
         elif outcome.status == "unchanged":  # brought in step by hand since the listing: no drift left
-            findings = [f for f in findings if f.kind not in _DRIFT]
+            findings = [f for f in findings if f.kind not in _DRIFT and f.kind not in _MARKER]
         elif outcome.status == "vault-changed":  # re-pointed since the listing: its findings are moot
             message = f"{outcome.message}; kvlink leaves it alone until it is linked again"
             findings = [Finding.about(link, "error", "vault-changed", message)]

@@ -56,6 +56,12 @@ ADVICE: Mapping[str, str] = {
     "link-restored": "kvlink's registry had lost this link (a new or emptied storage account): it was "
     "registered again from the policy in the group's description. Check that policy; keep a copy of the "
     "registry with `kvlink links export`.",
+    "link-marked": "Nothing to do: kvlink wrote the link's policy into the group's description, so a lost "
+    "registry can be rebuilt from Azure DevOps. Leave the [kvlink ...] line as it is.",
+    "link-marker-changed": "Someone edited the [kvlink ...] line of a linked group: kvlink put the link's "
+    "policy back. To change the policy, link the group again with the new one.",
+    "link-marker-too-long": "Shorten the group's description (Library) so kvlink can add its [kvlink ...] "
+    "line, or the group comes back as discovered if kvlink's registry is lost.",
     "link-marker-unreadable": "Fix or delete the [kvlink ...] line in the group's description (Library), "
     "then link the group again: kvlink writes a fresh marker.",
 }

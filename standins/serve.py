@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from kvlink_core.marker import render
 from kvlink_core.model import Link, Policy
 from kvlink_core.registry import Registry
 from kvlink_core.settings import Settings
@@ -60,14 +61,24 @@ def seed(stack: Stack, env: dict[str, str]) -> list[Seeded]:
         for project in ("Payments", "Storefront")
     }
 
-    def group(project: str, name: str, vault: str, names: list[str]) -> int:
-        return ado.add_group(ORG, project, name, vault=vault, service_endpoint_id=connection[project], variables=names)
+    def group(project: str, name: str, vault: str, names: list[str], *, linked: bool = False) -> int:
+        # A group linked through kvlink carries its link's policy in its description (kvlink_core/marker.py).
+        description = render(Policy()) if linked else ""
+        return ado.add_group(
+            ORG,
+            project,
+            name,
+            vault=vault,
+            service_endpoint_id=connection[project],
+            variables=names,
+            description=description,
+        )
 
     groups = [
         Seeded(
             "Payments",
             "payments-kv",
-            group("Payments", "payments-kv", "kv-payments", ["db-password", "payments-api-key"]),
+            group("Payments", "payments-kv", "kv-payments", ["db-password", "payments-api-key"], linked=True),
             "kv-payments",
             linked=True,
             note="drifted: the vault's new secret payments-webhook-secret is not mapped yet",
@@ -83,7 +94,7 @@ def seed(stack: Stack, env: dict[str, str]) -> list[Seeded]:
         Seeded(
             "Storefront",
             "storefront-kv",
-            group("Storefront", "storefront-kv", "kv-storefront", ["cdn-key", "session-secret"]),
+            group("Storefront", "storefront-kv", "kv-storefront", ["cdn-key", "session-secret"], linked=True),
             "kv-storefront",
             linked=True,
             note="in step",

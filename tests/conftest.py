@@ -116,6 +116,18 @@ def _fresh_process_state() -> Iterator[None]:
         kvlink_app.reset()
 
 
+def mark_group(ado: DevOpsStandIn, org: str, group_id: int, policy: Policy) -> None:
+    """Put a link's policy marker in a group's descriptions, as linking through kvlink leaves them:
+    seeds a steady-state estate, whose audit has no marker to write."""
+    from kvlink_core.marker import with_marker
+
+    def mark(group: dict[str, Any]) -> None:
+        for holder in (group, *(group.get("variableGroupProjectReferences") or [])):
+            holder["description"] = with_marker(holder.get("description"), policy)
+
+    ado.edit_group(org, group_id, mark)
+
+
 class TableCalls:
     """Counts Table storage requests by HTTP method (raw_request_hook)."""
 
@@ -236,7 +248,11 @@ class Estate:
             variables=list(names or []),
         )
 
-    def link(self, engine: Engine, group_id: int, policy: Policy | None = None, **kwargs: Any) -> Link:
+    def link(
+        self, engine: Engine, group_id: int, policy: Policy | None = None, *, marked: bool = True, **kwargs: Any
+    ) -> Link:
+        """Register a link in the registry only; the group carries its policy marker as a link made
+        through kvlink does (``marked=False``: a link made before kvlink kept markers)."""
         fields: dict[str, Any] = {
             "organization": self.org,
             "project": self.project,
@@ -248,6 +264,8 @@ class Estate:
         }
         link = Link(**fields)
         engine.registry.save_link(link)
+        if marked and not link.prune_only:
+            mark_group(self.ado, self.org, group_id, link.policy)
         return link
 
     def link_body(self, **overrides: Any) -> dict[str, Any]:

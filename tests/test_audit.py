@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import azure.functions as func
 import pytest
 from azure.functions.timer import TimerRequest
+from conftest import mark_group
 
 import function_app
 from kvlink_core import app as kvlink_app
@@ -97,6 +98,7 @@ class Estate2:
         ):
             project = "Platform" if gid == self.g4 else "Payments"
             reg.save_link(Link(self.org_a, project, gid, name, vault, policy))
+            mark_group(ado, self.org_a, gid, policy)  # linked through kvlink: the group carries its policy
         ado.delete_group(self.org_a, self.g6)
         estate.ado.reset_calls()
         estate.kv.reset_calls()
@@ -660,3 +662,138 @@ class TestRegistryRebuilt:
         assert row.split()[:3] == ["warning", "link-restored", f"{estate.org}/{estate.project}/apps-kv"]
         assert "registered it again under the policy in its description (merge; include app-*)" in row
         assert code == 0 and estate.names(apps) == ["app-1", "app-2"]
+
+
+class TestMarkersBroughtInStep:
+    """Issue 21: links made before kvlink kept markers (an upgraded deployment) get theirs from the next
+    audit, not from a write that may never come; a marker edited by hand while the link exists is put back."""
+
+    APPS = "[kvlink v1 mode=merge include=app-* expired=keep]"  # kvlink_core/marker.py's format, v1
+
+    def quiet_unmarked_group(self, estate, engine, name="apps-kv", **policy):
+        for secret in ("app-1", "app-2"):
+            estate.kv.set_secret(estate.vault, secret)
+        gid = estate.group(name, ["app-1", "app-2"])  # in step with its vault: nothing else would write it
+        estate.ado.edit_group(estate.org, gid, describe("owned by team payments"))
+        estate.link(engine, gid, Policy(include=("app-*",), **policy), marked=False)
+        return gid
+
+    def test_an_unmarked_link_gets_its_marker_once(self, estate):
+        engine = estate.engine()
+        apps = self.quiet_unmarked_group(estate, engine)
+        estate.ado.reset_calls()
+
+        report = run_audit(engine, store=False)
+
+        after = estate.ado.group(estate.org, apps)
+        assert after["description"] == f"owned by team payments\n{self.APPS}"  # the people's text stays
+        assert [r["description"] for r in after["variableGroupProjectReferences"]] == [after["description"]]
+        assert estate.names(apps) == ["app-1", "app-2"] and len(estate.ado.writes(estate.org, apps)) == 1
+        [finding] = [f for f in report.findings if f.group_id == apps]
+        assert (finding.kind, finding.severity, finding.repaired) == ("link-marked", "info", True)
+        assert "writes it (merge; include app-*)" in finding.message
+        assert report.summary()["groups"]["changed"] == 0  # no name changed
+        assert not report.drift_remains
+
+        estate.ado.reset_calls()
+        again = run_audit(engine, store=False)
+        assert estate.ado.writes(estate.org) == []
+        assert [f for f in again.findings if f.kind.startswith("link-")] == []
+        # In step: the audit read no group on its own (the project's listing was enough).
+        assert [c for c in estate.ado.calls if c.path.endswith(f"/variablegroups/{apps}")] == []
+
+    @pytest.mark.parametrize("how", ["dry run", "KVLINK_MODE=report"])
+    def test_a_dry_run_says_what_it_would_mark(self, estate, how):
+        engine = estate.engine(**({"KVLINK_MODE": "report"} if how != "dry run" else {}))
+        apps = self.quiet_unmarked_group(estate, engine)
+        estate.ado.reset_calls()
+
+        report = run_audit(engine, dry_run=how == "dry run", store=False)
+
+        [finding] = [f for f in report.findings if f.group_id == apps]
+        assert (finding.kind, finding.repaired) == ("link-marked", False)
+        assert "would write it (merge; include app-*)" in finding.message
+        assert estate.ado.writes(estate.org) == []
+        assert estate.ado.group(estate.org, apps)["description"] == "owned by team payments"
+
+    def test_a_marker_edited_by_hand_is_reported_and_the_registry_policy_written_back(self, estate):
+        engine = estate.engine()
+        for secret in ("app-1", "db-1"):
+            estate.kv.set_secret(estate.vault, secret)
+        apps = link_through_kvlink(engine, estate, "apps-kv", include=["app-*"])
+        estate.ado.edit_group(
+            estate.org, apps, lambda g: g.update(description=g["description"].replace("include=app-*", "include=db-*"))
+        )
+        estate.ado.reset_calls()
+
+        report = run_audit(engine, store=False)
+
+        [finding] = [f for f in report.findings if f.group_id == apps]
+        assert (finding.kind, finding.severity, finding.repaired) == ("link-marker-changed", "warning", True)
+        assert "says policy (merge; include db-*) but its link says (merge; include app-*)" in finding.message
+        description = estate.ado.group(estate.org, apps)["description"]
+        assert description.endswith(f"kept in step by kvlink\n{self.APPS}") and "db-*" not in description
+        assert estate.names(apps) == ["app-1"]  # the registry's policy applied, not the edited one
+        assert len(estate.ado.writes(estate.org, apps)) == 1
+        again = run_audit(engine, store=False)
+        assert [f for f in again.findings if f.group_id == apps] == []
+
+    def test_a_marker_edited_into_nonsense_while_linked_is_put_back(self, estate):
+        engine = estate.engine()
+        estate.kv.set_secret(estate.vault, "app-1")
+        apps = link_through_kvlink(engine, estate, "apps-kv", include=["app-*"])
+        estate.ado.edit_group(estate.org, apps, describe("[kvlink v1 mode=sometimes include=app-* expired=keep]"))
+
+        report = run_audit(engine, store=False)
+
+        [finding] = [f for f in report.findings if f.group_id == apps]
+        assert (finding.kind, finding.severity, finding.repaired) == ("link-marker-changed", "warning", True)
+        assert "cannot be read (mode=sometimes is not merge or mirror)" in finding.message
+        assert estate.ado.group(estate.org, apps)["description"] == self.APPS
+
+    def test_a_description_too_long_for_the_marker_is_reported_not_written(self, estate):
+        """kvlink keeps descriptions within 1,024 characters (kvlink_core/marker.py, DESCRIPTION_LIMIT)."""
+        engine = estate.engine()
+        apps = self.quiet_unmarked_group(estate, engine)
+        estate.ado.edit_group(estate.org, apps, describe("x" * 1000))
+        estate.ado.reset_calls()
+
+        report = run_audit(engine, store=False)
+
+        [finding] = [f for f in report.findings if f.group_id == apps]
+        assert (finding.kind, finding.severity, finding.repaired) == ("link-marker-too-long", "warning", False)
+        assert "would come back as discovered" in finding.message
+        assert estate.ado.writes(estate.org) == []  # the write could not carry the marker: none is made for it
+
+    def test_an_upgraded_deployment_survives_losing_its_tables(self, estate):
+        """Links made before markers, audited once, then the tables lost: every group comes back linked."""
+        engine = estate.engine()
+        apps = self.quiet_unmarked_group(estate, engine)
+        estate.kv.set_secret(estate.vault, "db-1")
+        rest = estate.group("rest-kv", ["app-1", "app-2", "db-1"])
+        estate.link(engine, rest, Policy(exclude=("app-*",), mode="mirror"), marked=False)
+        run_audit(engine, store=False)
+
+        estate.empty_tables()
+        estate.kv.set_secret(estate.vault, "app-3")
+        engine = estate.engine()
+        report = run_audit(engine, store=False)
+
+        restored = sorted((f.group_id, f.kind) for f in report.findings if f.kind.startswith("link-"))
+        assert restored == [(apps, "link-restored"), (rest, "link-restored")]
+        assert {link.group_id: link.kind for link in engine.registry.list_links(organization=estate.org)} == {
+            apps: "linked",
+            rest: "linked",
+        }
+        assert estate.names(apps) == ["app-1", "app-2", "app-3"]
+        assert estate.names(rest) == ["db-1"]
+
+
+def describe(text: str):
+    """A person's edit of a group's description (and its project references', as the Library does)."""
+
+    def edit(group: dict) -> None:
+        for holder in (group, *group["variableGroupProjectReferences"]):
+            holder["description"] = text
+
+    return edit

@@ -194,3 +194,41 @@ def test_hub_batching_fewer_invocations_same_end_state(tmp_path):
     assert measured["host_json"]["invocations"] < 60
     # Each invocation reads the queued work once: fewer invocations, fewer Table calls.
     assert measured["host_json"]["calls"]["table"] < measured["unbatched"]["calls"]["table"]
+
+
+def test_an_unmarked_estate_is_marked_by_one_audit_and_the_next_writes_nothing(estate):
+    """Links made before kvlink kept markers (an upgraded deployment): the first audit writes each linked
+    group once -- its marker, with its repair if it drifted -- and the next audit of the estate writes nothing.
+    Expectations come from the generator's record (which groups are linked, which drifted, what each maps)."""
+    from bench.estate import MARKER, Shape, seed
+    from kvlink_core.audit import run_audit
+    from kvlink_core.model import Link
+
+    shape = Shape(projects=2, groups=12, vaults=2, secrets=20, drift=0.5, marked=False, latency=0.0)
+    try:
+        specs, live = seed(shape, estate.kv, estate.ado)
+    finally:
+        estate.kv.record_audit = True  # the seeding turned the shared stand-in's audit log off
+    org = shape.org(0)
+    engine = estate.engine(KVLINK_DEVOPS_ORGS=org, KVLINK_ALLOWED_VAULTS=",".join(sorted(live)))
+    for g in specs:
+        if g.linked:
+            engine.registry.save_link(Link(g.org, g.project, g.group_id, g.name, g.vault), previous=None)
+    linked = {g.group_id for g in specs if g.linked}
+    assert linked and len(linked) < len(specs)  # discovered groups are never marked: both kinds are here
+    estate.ado.reset_calls()
+
+    report = run_audit(engine, store=False)
+
+    written = [int(c.path.rsplit("/", 1)[1]) for c in estate.ado.writes(org)]
+    assert sorted(written) == sorted(linked | {g.group_id for g in specs if g.must_write})  # each once
+    assert sorted(f.group_id for f in report.findings if f.kind == "link-marked") == sorted(linked)
+    for g in specs:
+        group = estate.ado.group(org, g.group_id)
+        assert sorted(group["variables"]) == g.expected(live[g.vault])
+        assert group["description"] == (MARKER if g.linked else "")
+
+    estate.ado.reset_calls()
+    again = run_audit(engine, store=False)
+    assert estate.ado.writes(org) == []
+    assert [f for f in again.findings if f.kind.startswith("link-")] == []

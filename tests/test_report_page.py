@@ -251,7 +251,7 @@ class TestGroupsAndFindings:
         kinds = set(re.findall(r'"(?:error|warning|info)",\s+"([a-z-]+)"', AUDIT_SOURCE))
         kinds |= set(re.findall(r'kind = "([a-z-]+)"', AUDIT_SOURCE))
         kinds -= {"error", "warning", "info"}  # ("error", "warning", "info") is the severities' tuple
-        assert len(kinds) == 16 and kinds <= set(ADVICE)
+        assert len(kinds) == 19 and kinds <= set(ADVICE)
         findings = [
             finding(kind, "warning" if i % 3 else "error", group_id=i, group=f"group-{kind}")
             for i, kind in enumerate(sorted(kinds))
