@@ -156,10 +156,6 @@ def worker(kind: str) -> None:
         from kvlink_core import audit
 
         audit.AUDIT_GC_THRESHOLD = int(os.environ["BENCH_GC_THRESHOLD"])
-    if os.environ.get("BENCH_SWITCH_INTERVAL"):  # measure the audit's GIL switch interval against another
-        from kvlink_core import audit
-
-        audit.AUDIT_SWITCH_INTERVAL = float(os.environ["BENCH_SWITCH_INTERVAL"])
     contender = {"kvlink": run_kvlink, "plain": run_plain}.get(kind) or (lambda: run_baseline(kind))
     profile_to = os.environ.get("BENCH_PROFILE") if kind == "kvlink" else None  # kvlink's CPU, not a baseline's
     result = _profiled(contender, Path(profile_to)) if profile_to else contender()
