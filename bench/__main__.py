@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -108,6 +109,8 @@ def audit_section(result: dict) -> list[str]:
                 f"| {bound['devops GET']} / {bound['writes']} | | |"
             )
         lines += ["", *standing(row), "", *timeline_block(row), ""]
+    if result.get("runs"):
+        lines += ["### Every run", "", *repeats_block(result), ""]
     lines += [
         "End state: after each contender the estate generator compares every group in the Azure DevOps stand-in "
         "with its own record of what the group must map, and counts the groups written from the stand-in's call "
@@ -194,7 +197,68 @@ def standing(row: dict) -> list[str]:
             f"{ado[1] - kv[1]:.2f} s after the last listing; {k['seconds'] - span['total']:.2f} s of the wall time "
             "were before the first call and after the last (Table storage: the links, the report)."
         )
+    phases = k.get("phases") or {}
+    if "before first call" in phases:
+
+        def spent(table: dict) -> str:
+            top = [f"{name} {seconds:.2f} s" for name, seconds in list(table.items())[:2] if seconds >= 0.005]
+            return f" ({', '.join(top)})" if top else ""
+
+        lines.append(
+            f"Before the stand-ins' first call: {phases['before first call']:.2f} s"
+            f"{spent(phases['registry before'])}; after their last: {phases['after last call']:.2f} s"
+            f"{spent(phases['registry after'])} (the registry's calls on Table storage, timed in the audit's process)."
+        )
     return lines
+    return lines
+
+
+def repeats_block(result: dict) -> list[str]:
+    """Every run of kvlink and the plain script the results hold, with the load, and the mean and spread."""
+    runs = result.get("runs") or []
+    if not runs:
+        return []
+    lines = [
+        f"Every run ({max(r['run'] for r in runs)} of each contender at each latency, one after the other on a "
+        "fresh estate; the load average is the machine's, 1 / 5 / 15 min, after each contender):",
+        "",
+        "| run | latency a call | kvlink | against the bound | plain script | kvlink against the script "
+        "| CPU kvlink / script | before the first call / after the last (kvlink) | load after kvlink | "
+        "load after the script | end state |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        k, plain, bound = r["kvlink"], r["plain"], r["bound_seconds"]
+        phases = k.get("phases") or {}
+        edges = (
+            f"{phases['before first call']:.2f} / {phases['after last call']:.2f} s"
+            if "before first call" in phases
+            else ""
+        )
+        lines.append(
+            f"| {r['run']} | {_ms(r['latency'])} | {k['seconds']:.1f} s | {k['seconds'] / bound:.2f}× | "
+            f"{plain['seconds']:.1f} s | {k['seconds'] / plain['seconds']:.2f}× | {k['cpu_seconds']:.1f} / "
+            f"{plain['cpu_seconds']:.1f} s | {edges} | {_loads(k)} | {_loads(plain)} | kvlink {_end_state(k)}, "
+            f"script {_end_state(plain)} |"
+        )
+    lines.append("")
+    for latency in sorted({r["latency"] for r in runs}, reverse=True):
+        at = [r for r in runs if r["latency"] == latency]
+        bound = [r["kvlink"]["seconds"] / r["bound_seconds"] for r in at]
+        plain = [r["kvlink"]["seconds"] / r["plain"]["seconds"] for r in at]
+        walls = [statistics.fmean(r[name]["seconds"] for r in at) for name in ("kvlink", "plain")]
+        lines.append(
+            f"At {_ms(latency)} a call, over {len(at)} runs: kvlink **{statistics.fmean(bound):.2f}× the lower bound** "
+            f"(from {min(bound):.2f}× to {max(bound):.2f}×) and **{statistics.fmean(plain):.2f}× the plain script's "
+            f"time** (from {min(plain):.2f}× to {max(plain):.2f}×); wall {walls[0]:.1f} s against {walls[1]:.1f} s "
+            "for the script."
+        )
+    return lines
+
+
+def _loads(r: dict) -> str:
+    load = r.get("load_average")
+    return " / ".join(f"{x:.1f}" for x in load) if load else ""
 
 
 def timeline_block(row: dict) -> list[str]:
@@ -255,6 +319,7 @@ def docs_summary(result: dict) -> list[str]:
         "the last ones share the slots so that they end together.",
         "",
         *standing(slow),
+        *(["", *repeats_block(result)] if result.get("runs") else []),
         *_before_after(result.get("before_after")),
     ]
     return lines
@@ -440,7 +505,9 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.time()
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    # Three runs of kvlink and the plain script at each latency, all published: one run on a shared machine is noise.
     audit_args = ["--groups", "60", "--vaults", "12", "--secrets", "3000", "--projects", "6"] if args.quick else []
+    audit_args += ["--repeat", "1" if args.quick else "3"]
     burst_args = ["--secrets", "60"] if args.quick else []
     audit = _run("audit_scale", *audit_args)
     sections = [

@@ -56,8 +56,11 @@ def run_kvlink() -> dict[str, Any]:
 
     counter: Counter[str] = Counter()
     engine = counting_engine(counter)
+    table = _time_registry(engine.registry)
     started = time.perf_counter()
+    began = time.monotonic()
     report = run_audit(engine)
+    ended = time.monotonic()
     elapsed = time.perf_counter() - started
     summary = report.summary()
     listing_cpu = _listing_loop_cpu(engine)
@@ -68,7 +71,53 @@ def run_kvlink() -> dict[str, Any]:
         "calls": dict(counter),
         "reported_changed": summary["groups"]["changed"],
         "unreached": summary["unreached"],
+        # For the phases before the first stand-in call and after the last (time.monotonic is
+        # the machine's clock, shared with the stand-ins' call stamps).
+        "clock": {"began": began, "ended": ended, "registry": table},
         **({"keyvault_loop_cpu_seconds": listing_cpu} if listing_cpu is not None else {}),
+    }
+
+
+def _time_registry(registry: Any) -> list[tuple[str, float, float]]:
+    """Stamp every call of the engine's registry (Table storage) with time.monotonic, start and end."""
+    stamps: list[tuple[str, float, float]] = []
+
+    def timed(name: str, method: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.monotonic()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                stamps.append((name, start, time.monotonic()))
+
+        return call
+
+    for name in dir(type(registry)):
+        method = getattr(registry, name)
+        if not name.startswith("_") and callable(method) and name != "close":
+            setattr(registry, name, timed(name, method))
+    return stamps
+
+
+def phases(clock: dict[str, Any], span: dict[str, Any]) -> dict[str, Any]:
+    """The audit's time before the stand-ins' first call and after their last, and the registry calls in them."""
+    first, last = span["clock first/last"]
+    before = round(first - clock["began"], 3)
+    after = round(clock["ended"] - last, 3)
+
+    def inside(lo: float, hi: float) -> dict[str, float]:
+        spent: Counter[str] = Counter()
+        for name, start, end in clock["registry"]:
+            overlap = min(end, hi) - max(start, lo)
+            if overlap > 0:
+                spent[name] += overlap
+        return {name: round(seconds, 3) for name, seconds in spent.most_common()}
+
+    return {
+        "before first call": before,
+        "registry before": inside(clock["began"], first),
+        "after last call": after,
+        "registry after": inside(last, clock["ended"]),
     }
 
 
@@ -200,6 +249,10 @@ def contend(kind: str, shape: Shape, *, naive_limit: int | None = None) -> tuple
             serve.stdin.flush()
             result["end_state"] = json.loads(serve.stdout.readline())
             result["timeline"] = result["end_state"].pop("timeline")
+            clock = result.pop("clock", None)
+            if clock and result["timeline"]["span"]:
+                result["phases"] = phases(clock, result["timeline"]["span"])
+            result["timeline"]["span"].pop("clock first/last", None)
             result["load_average"] = [round(x, 2) for x in os.getloadavg()]
             return result, estate
     finally:
@@ -286,6 +339,7 @@ def main() -> None:
     for field, default in asdict(Shape()).items():
         parser.add_argument(f"--{field}", type=type(default), default=default)
     parser.add_argument("--fast-latency", type=float, default=0.02, help="the second row's latency (0: none)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of kvlink and the plain script, all recorded")
     parser.add_argument("--skip-sequential", action="store_true", help="only kvlink's audit and the plain script")
     parser.add_argument("--naive-sample", type=float, default=0.1, help="share of groups the naive audit runs on")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "audit_scale.json"))
@@ -297,16 +351,20 @@ def main() -> None:
     fast = args.fast_latency > 0 and args.fast_latency != shape.latency
     latencies = [shape.latency, *([args.fast_latency] if fast else [])]
     limits = {"keyvault": KV_LIMIT, "devops": DEVOPS_LIMIT}
-    results: dict[str, Any] = {"shape": asdict(shape), "limits": limits, "latencies": []}
+    results: dict[str, Any] = {"shape": asdict(shape), "limits": limits, "latencies": [], "runs": []}
     estate: dict[str, Any] = {}
-    for latency in latencies:
-        at = replace(shape, latency=latency)
-        print(f"estate: {at}", flush=True)
-        row: dict[str, Any] = {"latency": latency, "limits": limits}
-        for kind in ("kvlink", "plain"):
-            row[kind], estate = contend(kind, at)
-            print(f"{kind} at {latency * 1000:.0f} ms: {_brief(row[kind])}", flush=True)
-        results["latencies"].append(row)
+    for run in range(1, args.repeat + 1):
+        # Every repetition is kept (results["runs"]); the last one's rows are the detailed tables.
+        results["latencies"] = []
+        for latency in latencies:
+            at = replace(shape, latency=latency)
+            print(f"run {run} of {args.repeat}, estate: {at}", flush=True)
+            row: dict[str, Any] = {"latency": latency, "limits": limits}
+            for kind in ("kvlink", "plain"):
+                row[kind], estate = contend(kind, at)
+                print(f"{kind} at {latency * 1000:.0f} ms: {_brief(row[kind])}", flush=True)
+            results["latencies"].append(row)
+            results["runs"].append({"run": run, "latency": latency, **{k: _kept(row[k]) for k in ("kvlink", "plain")}})
     results["drift"] = drift_record(estate)
     results["kvlink"], results["plain"] = results["latencies"][0]["kvlink"], results["latencies"][0]["plain"]
     if not args.skip_sequential:
@@ -328,7 +386,7 @@ def main() -> None:
         results["sequential"]["latency"] = at.latency
         print(f"sequential: {_brief(results['sequential'])}", flush=True)
     results["lower_bound"] = lower_bound(estate)
-    for row in results["latencies"]:
+    for row in results["latencies"] + results["runs"]:
         row["bound_seconds"] = bound_seconds(results["lower_bound"], row["latency"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
@@ -338,6 +396,21 @@ def main() -> None:
             + "; ".join(f"{kind} {_brief(row[kind])}" for kind in ("kvlink", "plain")),
             flush=True,
         )
+
+
+def _kept(r: dict[str, Any]) -> dict[str, Any]:
+    """What every repetition records of a contender: time, cost, calls, end state, the machine's load."""
+    e = r["end_state"]
+    return {
+        "seconds": r["seconds"],
+        "cpu_seconds": r.get("cpu_seconds"),
+        "peak_rss_mb": r.get("peak_rss_mb"),
+        "calls": r["calls"],
+        "end_state": {k: e[k] for k in ("groups_checked", "groups_wrong", "groups_written", "groups_to_write")},
+        "load_average": r.get("load_average"),
+        **({"phases": r["phases"]} if "phases" in r else {}),
+        "span": r["timeline"]["span"],
+    }
 
 
 def _brief(r: dict[str, Any]) -> str:

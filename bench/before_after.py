@@ -22,6 +22,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def runs(label: str, path: Path) -> list[dict[str, Any]]:
     result = json.loads(path.read_text())
+    if result.get("runs"):  # an --repeat run: each repetition is a run of its own
+        head = label.rsplit(", run ", 1)[0]
+        return [
+            {
+                "label": f"{head}, run {r['run']}",
+                "latency": r["latency"],
+                **{key: r["kvlink"][key] for key in ("seconds", "cpu_seconds", "peak_rss_mb", "calls", "end_state")},
+                "load_average": r["kvlink"].get("load_average"),
+                "bound_seconds": r["bound_seconds"],
+                "plain": {key: r["plain"][key] for key in ("seconds", "cpu_seconds", "peak_rss_mb", "load_average")},
+            }
+            for r in result["runs"]
+        ]
     out = []
     for row in result["latencies"]:
         k, plain = row["kvlink"], row["plain"]

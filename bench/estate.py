@@ -272,6 +272,7 @@ def timeline(kv_calls: list[Call], ado_calls: list[Call]) -> dict[str, Any]:
         else None,
         "keyvault call-seconds": round(sum(f - s for s, f, _ in kv), 2),
         "devops call-seconds": round(sum(f - s for s, f in ado), 2),
+        "clock first/last": [t0, end],  # time.monotonic, for the contender's own phases
     }
     return {
         "seconds": [

@@ -60,6 +60,7 @@ _PART_CHARS = 30_000  # characters per report property: 60 KB in UTF-16, under t
 _PARTS_PER_ROW = 15  # report properties per entity: 900 KB, under the 1 MiB limit
 # The audit's memory of listing sizes, in the audit table beside the runs ("vaults" sorts after "findings|~").
 _SIZES_PARTITION = "vaults"
+REPORT_GROUPS_PER_ROW = 50  # group summaries per report row (~1 KiB each: well inside an entity's 1 MiB)
 _REPORT_WRITERS = 4  # a report's transactions in flight at once
 _SIZES_ROW = "pages"
 _LOOK_UP = object()  # save_link: find the previous link first
@@ -537,17 +538,22 @@ class Registry:
         """Store one audit run (summary, findings, per-group summaries) and keep only the newest runs.
 
         Group rows share the findings' partition (row keys ``g000000``...), so reading a run and
-        pruning it stay one partition query each. Each value is stored as JSON cut into parts that
-        fit Table storage's limits (see :func:`_pack`); the run's own row is written last, so a
-        reader never sees a run whose rows are not all there.
+        pruning it stay one partition query each; each group row holds REPORT_GROUPS_PER_ROW group
+        summaries in order ("Groups"; reports stored before hold one each, "Group"), since every
+        entity of a transaction costs the client and the service far more than its bytes: one row
+        per group made storing a large estate's report the last second of the audit. Each value is
+        stored as JSON cut into parts that fit Table storage's limits (see :func:`_pack`); the run's
+        own row is written last, so a reader never sees a run whose rows are not all there.
         """
         table = self._table(AUDIT_TABLE)
         run = _run_key(datetime.now(UTC))
         partition = f"findings|{run}"
         rows: list[dict[str, Any]] = []
-        for prefix, name, values in (("", "Finding", findings), ("g", "Group", groups or [])):
-            for i, value in enumerate(values):
-                rows += _report_rows(partition, f"{prefix}{i:06d}", name, value)
+        for i, value in enumerate(findings):
+            rows += _report_rows(partition, f"{i:06d}", "Finding", value)
+        listed = list(groups or [])
+        for i in range(0, len(listed), REPORT_GROUPS_PER_ROW):
+            rows += _report_rows(partition, f"g{i:06d}", "Groups", listed[i : i + REPORT_GROUPS_PER_ROW])
         head, *more = _pack("Summary", summary)  # what the run's row cannot hold goes beside the findings
         rows += [{"PartitionKey": partition, "RowKey": f"s.{n:04d}", **part} for n, part in enumerate(more, 1)]
         try:
@@ -584,13 +590,18 @@ class Registry:
             # value's continuation rows ("000007.0001") right after its first row.
             for e in table.query_entities("PartitionKey eq @pk", parameters={"pk": f"findings|{run['run']}"}):
                 key = e["RowKey"].partition(".")[0]
-                for name in ("Finding", "Group"):
+                for name in ("Finding", "Group", "Groups"):
                     if name in e:
                         kinds[key] = name
                         parts.setdefault(key, []).append(_joined(e, name))
         values = {key: json.loads("".join(texts)) for key, texts in parts.items()}
         findings = [value for key, value in values.items() if kinds[key] == "Finding"]
-        groups = [value for key, value in values.items() if kinds[key] == "Group"]
+        groups = [
+            group
+            for key, value in values.items()
+            if kinds[key] in ("Group", "Groups")
+            for group in (value if kinds[key] == "Groups" else [value])
+        ]
         return {**run, "findings": findings, "auditedGroups": groups}
 
     def report_history(self, *, limit: int = KEEP_RUNS) -> list[dict[str, Any]]:

@@ -135,6 +135,23 @@ def test_audit_pages_through_both_platforms(tmp_path):
     assert result["kvlink"]["calls"]["keyvault GET"] == result["lower_bound"]["vault pages"] == 2 * 2
 
 
+def test_audit_repeated_keeps_every_run_judged(tmp_path):
+    """--repeat 2: both runs of each contender are kept, each on a fresh estate judged by the generator."""
+    shape = ["--groups", "20", "--projects", "2", "--vaults", "4", "--secrets", "80", "--drift", "0.5"]
+    latency = ["--latency", "0.01", "--fast-latency", "0"]
+    result = _bench("audit_scale", tmp_path / "audit.json", *shape, *latency, "--skip-sequential", "--repeat", "2")
+    assert [(r["run"], r["latency"]) for r in result["runs"]] == [(1, 0.01), (2, 0.01)]
+    for run in result["runs"]:
+        for contender in ("kvlink", "plain"):
+            end = run[contender]["end_state"]
+            assert end["groups_wrong"] == 0 and end["groups_written"] == end["groups_to_write"] > 0
+            assert len(run[contender]["load_average"]) == 3
+        assert run["bound_seconds"] == result["latencies"][0]["bound_seconds"]
+        phases = run["kvlink"]["phases"]
+        assert phases["before first call"] > 0 and "list_links" in phases["registry before"]
+        assert "save_report" in phases["registry after"]
+
+
 def test_calls_per_change_at_the_platform_minimum(tmp_path):
     rows = _bench("calls", tmp_path / "calls.json")
     by_change = {row["change"].split(",")[0]: row for row in rows}

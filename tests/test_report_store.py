@@ -123,6 +123,33 @@ class TestHugeReports:
         batches = [size for url, size in registry.sizes if url.endswith("$batch")]
         assert batches and max(batches) < TRANSACTION_LIMIT
 
+    def test_group_summaries_share_rows(self, registry):
+        """A large estate's group summaries go many to a row, in order: storing the report of 1,000
+        groups is a couple of transactions, not ten (it sits at the end of the audit's critical path)."""
+        groups = [{"group": f"g{i:04d}", "groupId": i, "names": [f"s-{i}-{j}" for j in range(50)]} for i in range(1000)]
+
+        run = registry.save_report({"n": 1}, [{"message": "one finding"}], groups)
+
+        latest = registry.latest_report()
+        assert latest is not None and latest["auditedGroups"] == groups
+        rows = list(
+            registry._table(AUDIT_TABLE).query_entities("PartitionKey eq @pk", parameters={"pk": f"findings|{run}"})
+        )
+        assert len(rows) <= 1 + 1000 // 20  # at least 20 summaries a row (one a row took 10 transactions)
+        assert sum(1 for url, _ in registry.sizes if url.endswith("$batch")) <= 1
+
+    def test_reports_stored_a_group_a_row_still_read(self, registry):
+        """A report an earlier version stored (one group summary per row, "Group") reads back whole."""
+        run = registry.save_report({"n": 1}, [], [])
+        table = registry._table(AUDIT_TABLE)
+        old = [{"group": f"old{i}", "names": ["a", "b"]} for i in range(3)]
+        for i, group in enumerate(old):
+            table.create_entity({"PartitionKey": f"findings|{run}", "RowKey": f"g{i:06d}", "Group": json.dumps(group)})
+
+        latest = registry.latest_report()
+
+        assert latest is not None and latest["auditedGroups"] == old
+
     def test_old_reports_are_pruned_whole(self, registry):
         """Pruning removes a big run's rows with it (and any older rows), keeping the newest 30 runs."""
         from kvlink_core.registry import KEEP_RUNS
