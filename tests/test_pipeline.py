@@ -219,10 +219,7 @@ def test_exit_1_and_usage_errors_fail_the_step(pipeline, agent, code):
 def test_without_a_deployment_an_azurite_that_does_not_start_fails_fast(pipeline, agent):
     """No table endpoint (the parameter's blank default): the step starts Azurite on Table storage's
     development port for a throwaway registry; when Azurite dies, the step says so and fails, and kvlink
-    never runs against no storage."""
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", 10002)) == 0:
-            pytest.skip("something listens on 127.0.0.1:10002 here, where the step expects its own Azurite")
+    never runs against no storage -- even when another process answers on Azurite's port."""
     done = run_audit_step(pipeline, agent, code=0, table_uri=" ")
     assert done.returncode == 1
     (logged,) = issues(done.stdout)
@@ -230,6 +227,25 @@ def test_without_a_deployment_an_azurite_that_does_not_start_fails_fast(pipeline
     npx = (agent["log"] / "npx").read_text().splitlines()
     assert "--package=azurite@3.35.0" in npx and "azurite-table" in npx
     assert npx[npx.index("--tablePort") + 1] == "10002" and "--inMemoryPersistence" in npx
+    assert not (agent["log"] / "argv").exists()
+
+
+def test_a_foreign_listener_on_azurites_port_is_not_taken_for_azurite(pipeline, agent):
+    """Something else answers on 127.0.0.1:10002 (here the test itself, or whatever holds the port) while
+    the step's own Azurite dies: the step must fail, not run kvlink against that listener."""
+    foreign = socket.socket()
+    try:
+        foreign.bind(("127.0.0.1", 10002))
+        foreign.listen()
+    except OSError:  # another process holds the port: the same case
+        pass
+    try:
+        done = run_audit_step(pipeline, agent, code=0, table_uri=" ")
+    finally:
+        foreign.close()
+    assert done.returncode == 1
+    (logged,) = issues(done.stdout)
+    assert logged.startswith("##vso[task.logissue type=error]Azurite")
     assert not (agent["log"] / "argv").exists()
 
 
