@@ -124,21 +124,25 @@ def run(
                 variables = group.get("variables") or {}
                 if set(_wanted(variables, usable, is_managed)) == set(variables):
                     continue
-                fresh = http.get(f"{groups_url}/{group['id']}", params=API)
-                fresh.raise_for_status()
-                body = fresh.json()
-                put = {
-                    key: body[key]
-                    for key in ("name", "description", "type", "providerData", "variableGroupProjectReferences")
-                    if key in body
-                }
-                put["variables"] = _wanted(body.get("variables") or {}, usable, is_managed)
-                response = http.put(
-                    f"{base}/{org}/_apis/distributedtask/variablegroups/{group['id']}", params=API, json=put
-                )
-                response.raise_for_status()
+                _rewrite(http, base, org, project["name"], int(group["id"]), usable=usable, is_managed=is_managed)
                 written += 1
     http.close()
     for client in clients.values():
         client.close()
     return {"groups_audited": len(audited), "audited": audited, "written": written}
+
+
+def _rewrite(
+    http: httpx.Client, base: str, org: str, project: str, group_id: int, *, usable: dict[str, Any], is_managed: bool
+) -> None:
+    """Read the group afresh, then PUT it whole with the names it should map (what a careful script does)."""
+    fresh = http.get(f"{base}/{org}/{project}/_apis/distributedtask/variablegroups/{group_id}", params=API)
+    fresh.raise_for_status()
+    body = fresh.json()
+    put = {
+        key: body[key]
+        for key in ("name", "description", "type", "providerData", "variableGroupProjectReferences")
+        if key in body
+    }
+    put["variables"] = _wanted(body.get("variables") or {}, usable, is_managed)
+    http.put(f"{base}/{org}/_apis/distributedtask/variablegroups/{group_id}", params=API, json=put).raise_for_status()

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from bench.baseline import API, _pages, _wanted
+from bench.baseline import _pages, _rewrite, _wanted
 from bench.lab import CountingTransport
 
 # The same limits kvlink runs with in the benchmark (KVLINK_VAULT_CONCURRENCY, KVLINK_DEVOPS_CONCURRENCY).
@@ -71,17 +71,7 @@ def run(*, managed: set[tuple[str, int]], counter: Counter[str]) -> dict[str, An
         return list(_pages(http, url, {"queryOrder": "IdAscending"}))
 
     def rewrite(org: str, project: str, group_id: int, usable: dict[str, Any], is_managed: bool) -> None:
-        fresh = http.get(f"{base}/{org}/{project}/_apis/distributedtask/variablegroups/{group_id}", params=API)
-        fresh.raise_for_status()
-        body = fresh.json()
-        put = {
-            key: body[key]
-            for key in ("name", "description", "type", "providerData", "variableGroupProjectReferences")
-            if key in body
-        }
-        put["variables"] = _wanted(body.get("variables") or {}, usable, is_managed)
-        url = f"{base}/{org}/_apis/distributedtask/variablegroups/{group_id}"
-        http.put(url, params=API, json=put).raise_for_status()
+        _rewrite(http, base, org, project, group_id, usable=usable, is_managed=is_managed)
 
     kv_pool = ThreadPoolExecutor(KV_LIMIT)
     devops_pool = ThreadPoolExecutor(DEVOPS_LIMIT)
