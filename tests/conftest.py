@@ -268,6 +268,16 @@ class Estate:
             mark_group(self.ado, self.org, group_id, link.policy)
         return link
 
+    def linked_groups(self, count: int) -> list[int]:
+        """``count`` groups linked to this estate's vault, each missing the vault's two secrets."""
+        self.kv.set_secret(self.vault, "db-password")
+        self.kv.set_secret(self.vault, "api-key")
+        engine = self.engine()
+        groups = [self.group(f"group-{i}") for i in range(count)]
+        for group in groups:
+            self.link(engine, group)
+        return groups
+
     def link_body(self, **overrides: Any) -> dict[str, Any]:
         """The usual ``POST /api/links`` body: group "payments-kv" on this estate's vault (None drops a field)."""
         body = {

@@ -87,17 +87,6 @@ def deliver(queue: QueueClient, message: Any) -> None:
     queue.delete_message(message)
 
 
-def linked_groups(estate, count: int) -> list[int]:
-    """``count`` groups linked to the estate's vault, each missing the vault's two secrets."""
-    estate.kv.set_secret(estate.vault, "db-password")
-    estate.kv.set_secret(estate.vault, "api-key")
-    engine = estate.engine()
-    groups = [estate.group(f"group-{i}") for i in range(count)]
-    for group in groups:
-        estate.link(engine, group)
-    return groups
-
-
 class TestRegistration:
     def test_status_route_and_queue_trigger(self, registered):
         """GET /api/sync/{jobId} and the queue-triggered worker on kvlink-sync, through AzureWebJobsStorage."""
@@ -111,7 +100,7 @@ class TestRegistration:
 class TestSmallSyncStaysSynchronous:
     def test_under_the_threshold_answers_200_with_the_result(self, estate, app_engine, queue):
         """Two groups, threshold 20 (the default): 200 with the result, as before; nothing is queued."""
-        groups = linked_groups(estate, 2)
+        groups = estate.linked_groups(2)
 
         status, body, response = call(function_app.sync, request("POST", "sync", {"vault": estate.vault}))
 
@@ -125,7 +114,7 @@ class TestQueuedSync:
     def test_async_answers_202_and_the_worker_finishes_it(self, estate, app_engine, queue):
         """?async=true: 202 + Location + {id, status}; nothing written yet; the worker writes both groups;
         GET on the Location then answers done with the synchronous answer's shape as ``result``."""
-        groups = linked_groups(estate, 2)
+        groups = estate.linked_groups(2)
         writes = len(estate.ado.writes(estate.org))
 
         status, body, response = call(
@@ -154,7 +143,7 @@ class TestQueuedSync:
     def test_more_groups_than_the_threshold_go_to_the_queue(self, estate, app_engine, queue, monkeypatch):
         """KVLINK_SYNC_ASYNC_GROUPS=2: a vault with three linked groups is queued without ?async."""
         monkeypatch.setattr(app_engine, "settings", estate.settings(KVLINK_SYNC_ASYNC_GROUPS="2"))
-        linked_groups(estate, 3)
+        estate.linked_groups(3)
 
         status, body, response = call(function_app.sync, request("POST", "sync", {"vault": estate.vault}))
 
@@ -165,7 +154,7 @@ class TestQueuedSync:
     def test_a_job_whose_worker_died_is_redone(self, estate, app_engine, queue, monkeypatch):
         """The first worker stops mid-job (its process ends: no answer, no cleanup). The message the host
         took becomes visible again; the second delivery runs the sync and the status says done."""
-        groups = linked_groups(estate, 2)
+        groups = estate.linked_groups(2)
         _, body, _ = call(function_app.sync, request("POST", "sync", {"vault": estate.vault}, params={"async": "1"}))
 
         from kvlink_core import linking
@@ -200,7 +189,7 @@ class TestQueuedSync:
 
     def test_a_repeated_delivery_of_a_done_job_changes_nothing(self, estate, app_engine, queue):
         """At-least-once delivery: a done job's message delivered again is acknowledged without a sync."""
-        linked_groups(estate, 1)
+        estate.linked_groups(1)
         call(function_app.sync, request("POST", "sync", {"vault": estate.vault}, params={"async": "1"}))
         message = receive(queue)
         deliver(queue, message)
@@ -218,7 +207,7 @@ class TestQueuedSync:
         failed with the error the synchronous call would have answered."""
         from kvlink_core.errors import TransientError
 
-        linked_groups(estate, 1)
+        estate.linked_groups(1)
         _, body, _ = call(function_app.sync, request("POST", "sync", {"vault": estate.vault}, params={"async": "1"}))
         message = receive(queue)
         estate.kv.inject(503, path=r"/secrets$", times=1000)
@@ -250,7 +239,7 @@ class TestQueuedSync:
 
     def test_a_refused_sync_ends_failed_with_the_synchronous_error(self, estate, app_engine, queue):
         """The links were removed before the worker ran: the job fails with the error the 200 path gives."""
-        groups = linked_groups(estate, 1)
+        groups = estate.linked_groups(1)
         _, body, _ = call(function_app.sync, request("POST", "sync", {"vault": estate.vault}, params={"async": "1"}))
         app_engine.registry.delete_link(GroupKey(estate.org, groups[0]))
 
@@ -318,7 +307,7 @@ class TestCommandLine:
 
         from kvlink_core import cli
 
-        groups = linked_groups(estate, 2)
+        groups = estate.linked_groups(2)
         looks: list[float] = []
 
         def worker_runs(seconds: float) -> None:  # the CLI's first wait: the deployed worker takes the job
@@ -345,7 +334,7 @@ class TestCommandLine:
 
         from kvlink_core import cli
 
-        linked_groups(estate, 1)
+        estate.linked_groups(1)
         now = [0.0]
         monkeypatch.setattr(cli, "_monotonic", lambda: now[0])
         monkeypatch.setattr(cli, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))

@@ -68,17 +68,6 @@ def left_on(queue: QueueClient) -> list[bytes]:
     return [bytes(m.content) for m in queue.peek_messages(max_messages=32)]
 
 
-def linked_groups(estate, count: int) -> list[int]:
-    """``count`` groups linked to the estate's vault, each missing the vault's two secrets."""
-    estate.kv.set_secret(estate.vault, "db-password")
-    estate.kv.set_secret(estate.vault, "api-key")
-    engine = estate.engine()
-    groups = [estate.group(f"group-{i}") for i in range(count)]
-    for group in groups:
-        estate.link(engine, group)
-    return groups
-
-
 def queue_sync(worker, estate) -> tuple[str, Any]:
     """POST /api/sync?async=true through the worker; the job id from the Location it answers with."""
     function, answer = worker.http(
@@ -110,7 +99,7 @@ class TestQueuedSync:
         """202 + Location; the message kvlink queued reaches run_sync_job through the worker and is deleted;
         GET on the Location answers done with the synchronous answer's shape, and the groups have the names."""
         sync, poison = queues
-        groups = linked_groups(estate, 2)
+        groups = estate.linked_groups(2)
         writes = len(estate.ado.writes(estate.org))
 
         path, accepted = queue_sync(worker, estate)
@@ -145,7 +134,7 @@ class TestQueuedSync:
         """Key Vault answers 503: the invocation fails, so the host releases the message rather than delete
         it; the job says running. The redelivery (dequeue count 2) finishes the job."""
         sync, poison = queues
-        groups = linked_groups(estate, 1)
+        groups = estate.linked_groups(1)
         path, _ = queue_sync(worker, estate)
         estate.kv.inject(503, path=r"/secrets$", times=1000)
 
@@ -174,7 +163,7 @@ class TestQueuedSync:
         failed, so nothing is poisoned and the status says why. The count kvlink sees is the DequeueCount
         the host sends (Json.NET's JSON for a long), not a number the test hands kvlink."""
         sync, poison = queues
-        linked_groups(estate, 1)
+        estate.linked_groups(1)
         path, _ = queue_sync(worker, estate)
         estate.kv.inject(503, path=r"/secrets$", times=1000)
 
@@ -196,7 +185,7 @@ class TestQueuedSync:
         import function_app
 
         sync, poison = queues
-        linked_groups(estate, 1)
+        estate.linked_groups(1)
         path, accepted = queue_sync(worker, estate)
 
         def bug(body: bytes, *, dequeue_count: int) -> None:
